@@ -1,0 +1,71 @@
+"""The text decoder: embedding -> L pre-norm layers (MLA, then dense SwiGLU or MoE) -> final norm -> lm_head.
+
+    h   = embed(ids)                                                         (T, D)
+    for each layer i:
+        h = h + MLA(RMSNorm(h))                                              [DSV2 §2.1]
+        h = h + (SwiGLU if i < first_k_dense_replace else MoE)(RMSNorm(h))   [DSV3 §2.1.2]
+    logits = RMSNorm(h) @ lm_head^T                                          (T, V)
+
+No batch dimension: one sequence at a time. Same as transformers DeepseekV3Model / DeepseekV3ForCausalLM.
+"""
+import numpy as np
+
+from k25ref.config import TextConfig
+from k25ref.mla import LatentCache, mla
+from k25ref.moe import moe, route
+from k25ref.nn import rms_norm, swiglu
+from k25ref.rope import cos_sin, inv_frequencies, softmax_scale
+from k25ref.weights import TEXT, Weights, layer_prefix
+
+
+class Rope:
+    """Frequencies and softmax scale of one config, computed once."""
+
+    def __init__(self, cfg: TextConfig):
+        self.inv_freq, self.factor = inv_frequencies(cfg.rope, cfg.qk_rope_head_dim)
+        self.scale = softmax_scale(cfg.rope, cfg.qk_head_dim)
+
+    def at(self, start, T):  # -> (T, Dr/2), (T, Dr/2) for positions start..start+T-1
+        return cos_sin(np.arange(start, start + T), self.inv_freq, self.factor)
+
+
+def new_cache(cfg: TextConfig):
+    """One empty latent cache per layer."""
+    return [LatentCache(cfg.kv_lora_rank, cfg.qk_rope_head_dim) for _ in range(cfg.num_hidden_layers)]
+
+
+def ffn(i, x, W: Weights, cfg: TextConfig, capture=None):  # (T, D) -> (T, D)
+    """The feed-forward half of layer i: dense SwiGLU, or routed experts + shared expert."""
+    p = layer_prefix(i)
+    if not cfg.is_moe_layer(i):
+        return swiglu(x, *W.mlp(f"{p}mlp."))
+    idx, g = route(x, *W.router(i), cfg)                                      # (T, A), (T, A)
+    if capture is not None:
+        capture[f"layers.{i}.router_indices"], capture[f"layers.{i}.router_weights"] = idx, g
+    return moe(x, idx, g, lambda e: W.expert(i, e), W.mlp(f"{p}mlp.shared_experts."))
+
+
+def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=None, absorbed=False):  # (T, D) -> (T, D)
+    """One pre-norm decoder layer."""
+    p = layer_prefix(i)
+    a = mla(rms_norm(h, W.norm(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i), cfg,
+            cos, sin, scale, cache, absorbed)                                  # (T, D)
+    h = h + a
+    m = ffn(i, rms_norm(h, W.norm(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture)
+    if capture is not None:
+        capture[f"layers.{i}.attn_out"], capture[f"layers.{i}.mlp_out"] = a, m
+        capture[f"layers.{i}.hidden"] = h + m
+    return h + m
+
+
+def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, absorbed=False, last_only=False):
+    """(T, D) -> (T, V): run all layers on the new tokens' embeddings (positions continue the cache), return
+    logits (only the last row's, as (1, V), with last_only -- all that generation needs)."""
+    T, start = h.shape[0], cache[0].length
+    cos, sin = rope.at(start, T)
+    for i in range(cfg.num_hidden_layers):
+        h = layer(i, h, W, cfg, cos, sin, rope.scale, cache[i], capture, absorbed)
+    h = rms_norm(h, W.norm(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
+    if capture is not None:
+        capture["final_norm"] = h
+    return (h[-1:] if last_only else h) @ W.lm_head().T                                                  # (T, V)

@@ -1,0 +1,208 @@
+"""Write small checkpoints in exactly the released layout: hub config.json, original tensor names, BF16
+tensors, INT4 routed experts (packed int32 + bf16 scales + weight_shape), float32 correction bias,
+`model-000NN-of-000KK.safetensors` shards and `model.safetensors.index.json`.
+
+Presets are hub-format config dicts. Random weights are scaled so activations stay O(1) through the layers,
+and norm weights and biases are never the trivial ones/zeros, so a forgotten weight fails a test.
+"""
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+
+from k25ref.checkpoint import f32_to_bf16
+from k25ref.config import from_hf
+from k25ref.int4 import quantize
+from k25ref.weights import TEXT, expected_tensors
+
+N_SPECIAL = 256                     # reserved special ids after the base vocabulary
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+
+
+def _quant_config(group_size=32):
+    """The release's quantization_config (only routed experts are INT4)."""
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "kv_cache_scheme": None,
+            "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None, "output_activations": None,
+                                          "weights": {"type": "int", "num_bits": 4, "group_size": group_size,
+                                                      "strategy": "group", "symmetric": True, "dynamic": False,
+                                                      "actorder": None, "block_structure": None,
+                                                      "observer": "minmax", "observer_kwargs": {}}}},
+            "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*",
+                       "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"]}
+
+
+def _hub_config(text, vision, vocab, quant=True):
+    """Assemble a hub-layout config.json; special ids sit right after the base vocabulary like the release."""
+    base = vocab - N_SPECIAL
+    text = {"model_type": "kimi_k2", "architectures": ["DeepseekV3ForCausalLM"], "vocab_size": vocab,
+            "hidden_act": "silu", "scoring_func": "sigmoid", "topk_method": "noaux_tc", "moe_layer_freq": 1,
+            "num_nextn_predict_layers": 0, "attention_dropout": 0.0, "tie_word_embeddings": False,
+            "bos_token_id": base, "eos_token_id": base + 1, "pad_token_id": vocab - 1, **text}
+    text.setdefault("num_key_value_heads", text["num_attention_heads"])
+    if quant:
+        text["quantization_config"] = _quant_config()
+    d = {"architectures": ["KimiK25ForConditionalGeneration"], "model_type": "kimi_k25",
+         "bos_token_id": base, "eos_token_id": base + 1, "pad_token_id": vocab - 1,
+         "media_placeholder_token_id": base + 21, "tie_word_embeddings": False, "use_unified_vision_chunk": True,
+         "video_placeholder": "<|kimi_k25_video_placeholder|>", "text_config": text}
+    if vision is not None:
+        d["vision_config"] = {"patch_size": 14, "merge_kernel_size": [2, 2], "merge_type": "sd2_tpool",
+                              "pos_emb_type": "divided_fixed", "video_attn_type": "spatial_temporal",
+                              "mm_projector_type": "patchmerger", "projector_hidden_act": "gelu",
+                              "projector_ln_eps": 1e-5, "text_hidden_size": text["hidden_size"], **vision}
+        d["vision_config"]["mm_hidden_size"] = vision["vt_hidden_size"]
+    return d
+
+
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32.0, "beta_slow": 1.0,
+        "mscale": 1.0, "mscale_all_dim": 1.0}
+TINY_TEXT = dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+                 num_attention_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                 v_head_dim=16, n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1, n_group=4,
+                 topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1,
+                 rms_norm_eps=1e-5, max_position_embeddings=256, rope_theta=50000.0, rope_scaling=YARN,
+                 attention_bias=False)
+TINY_VISION = dict(init_pos_emb_height=8, init_pos_emb_width=8, init_pos_emb_time=4, vt_hidden_size=32,
+                   vt_num_hidden_layers=2, vt_num_attention_heads=2, vt_intermediate_size=64)
+FULL_TEXT = dict(hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048, num_hidden_layers=61,
+                 num_attention_heads=64, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                 qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=384, num_experts_per_tok=8,
+                 n_shared_experts=1, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.827,
+                 first_k_dense_replace=1, rms_norm_eps=1e-5, max_position_embeddings=262144, rope_theta=50000.0,
+                 rope_scaling={"type": "yarn", "factor": 64.0, "original_max_position_embeddings": 4096,
+                               "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+                 attention_bias=False, aux_loss_alpha=0.001, seq_aux=True, ep_size=1, initializer_range=0.02)
+FULL_VISION = dict(init_pos_emb_height=64, init_pos_emb_width=64, init_pos_emb_time=4, vt_hidden_size=1152,
+                   vt_num_hidden_layers=27, vt_num_attention_heads=16, vt_intermediate_size=4304)
+
+PRESETS = {
+    # the default conformance shape: yarn, groups 4 / pick 2, one dense layer, INT4 experts, a vision tower
+    "tiny": _hub_config(TINY_TEXT, TINY_VISION, 4096),
+    # plain rope, no query latent, two dense layers, two shared experts, unnormalised weights, biases
+    "tiny-plain": _hub_config({**TINY_TEXT, "rope_scaling": None, "q_lora_rank": None, "num_hidden_layers": 4,
+                               "first_k_dense_replace": 2, "n_shared_experts": 2, "norm_topk_prob": False,
+                               "n_group": 1, "topk_group": 1, "attention_bias": True, "routed_scaling_factor": 1.0},
+                              None, 512),
+    # many groups, few picked; yarn without mscale keys (transformers' attention-factor fallback)
+    "tiny-groups": _hub_config({**TINY_TEXT, "n_routed_experts": 32, "num_experts_per_tok": 6, "n_group": 8,
+                                "topk_group": 3, "num_hidden_layers": 2,
+                                "rope_scaling": {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16}},
+                               None, 1024),
+    # the real Kimi K2.5 (for index-only inspection and the full-width synthetic maker)
+    "full": _hub_config(FULL_TEXT, FULL_VISION, 163840),
+}
+
+
+def preset(name):
+    """A fresh copy of a preset's hub config dict."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return json.loads(json.dumps(PRESETS[name]))
+
+
+# ----------------------------------------------------------------------------
+# random weights in stored form
+
+
+def _stored_tensors(cfg, rng):
+    """Yield (name, safetensors dtype, stored ndarray) for every expected tensor, INT4 triplets included."""
+    expected = expected_tensors(cfg)
+    for name, (dtypes, shape) in expected.items():
+        if name.endswith(("weight_scale", "weight_shape")):
+            continue                                   # written with their weight_packed
+        if name.endswith("weight_packed"):
+            prefix = name[: -len("weight_packed")]
+            O, I = shape[0], expected[f"{prefix}weight_scale"][1][1] * cfg.quant.group_size
+            w = quantize(rng.standard_normal((O, I), dtype=np.float32) / np.float32(np.sqrt(I)), cfg.quant.group_size)
+            yield name, "I32", w.packed
+            yield f"{prefix}weight_scale", "BF16", f32_to_bf16(w.scale)
+            yield f"{prefix}weight_shape", "I32", np.array([O, I], np.int32)
+        elif "F32" in dtypes and len(dtypes) == 1:       # e_score_correction_bias: float32 in the release
+            yield name, "F32", (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            yield name, "BF16", f32_to_bf16(_random_float(name, shape, rng))
+
+
+def _random_float(name, shape, rng):
+    """Norms near 1, biases near 0 (never exactly), embeddings O(1), matrices scaled by 1/sqrt(fan_in)."""
+    if name.endswith(("layernorm.weight", "norm.weight", "norm0.weight", "norm1.weight", "pre_norm.weight")):
+        return (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+    if name.endswith(".bias") or name.endswith("pos_emb.weight"):
+        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if name == f"{TEXT}embed_tokens.weight":
+        return rng.standard_normal(shape, dtype=np.float32)
+    fan_in = int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in)))
+
+
+# ----------------------------------------------------------------------------
+# files
+
+
+def write_safetensors(path, tensors):
+    """tensors: list of (name, dtype name, ndarray) -> one safetensors file (header padded to 8 bytes)."""
+    header, offset = {}, 0
+    for name, dtype, arr in tensors:
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for _, _, arr in tensors:
+            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def shard_of(name, cfg, shards):
+    """The release's scheme: layers spread over the first shards; embeddings/norm/lm_head, projector and
+    vision tower in the last ones (fewer shards merge the tail)."""
+    tail = min(shards - 1, 3 if cfg.vision is not None else 1)
+    body = shards - tail
+    if name.startswith(f"{TEXT}layers."):
+        i = int(name.split(".")[3])
+        return i * body // cfg.text.num_hidden_layers
+    order = ["text", "mm_projector", "vision_tower"]
+    part = next((k for k in order[1:] if name.startswith(k)), "text")
+    return body + min(order.index(part), tail - 1) if tail else 0
+
+
+def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True):
+    """Write a random checkpoint of `preset_name` (or of the hub dict `config`) into folder `out`."""
+    hub = config if config is not None else preset(preset_name)
+    cfg = from_hf(hub)
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    groups = [[] for _ in range(shards)]
+    for name, dtype, arr in _stored_tensors(cfg, rng):
+        groups[shard_of(name, cfg, shards)].append((name, dtype, arr))
+    weight_map, total = {}, 0
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors(os.path.join(out, file), group)
+        for name, _, arr in group:
+            weight_map[name] = file
+            total += arr.nbytes
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    if tokenizer:
+        copy_tokenizer(out, cfg.text.vocab_size)
+    return out
+
+
+def copy_tokenizer(out, vocab):
+    """Ship the project's trained tokenizer with the checkpoint when its vocabulary size fits."""
+    src = os.path.join(ASSETS, "tokenizer")
+    cfg_file = os.path.join(src, "tokenizer_config.json")
+    if not os.path.exists(cfg_file):
+        return
+    with open(os.path.join(src, "tiktoken.model")) as f:
+        n_base = sum(1 for line in f if line.strip())
+    if n_base + N_SPECIAL == vocab:
+        for name in os.listdir(src):
+            shutil.copy(os.path.join(src, name), os.path.join(out, name))

@@ -1,0 +1,104 @@
+"""A loaded Kimi K2.5 checkpoint: `load_model(path)` -> `Model` with `logits`, `forward` and a latent cache.
+
+Loading reads config.json and every shard's header, and checks every tensor's presence, dtype and shape
+against the config before returning, so a bad checkpoint fails at once with a message that names file and
+tensor, and no half-loaded model is ever handed out. Tensor bytes are read later, when first used.
+"""
+import json
+import os
+
+import numpy as np
+
+from k25ref import decoder
+from k25ref.checkpoint import Checkpoint
+from k25ref.config import KimiK25Config, load_config
+from k25ref.errors import PromptError
+from k25ref.sampling import sample
+from k25ref.weights import WeightCache, Weights, validate
+
+
+class Model:
+    """Kimi K2.5 over one checkpoint folder. No tensor is read until used."""
+
+    def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
+        self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
+        self.cache = WeightCache(memory_budget)
+        self.weights = Weights(ckpt, cfg, self.cache)
+        self.rope = decoder.Rope(cfg.text)
+
+    def check_ids(self, input_ids):  # -> (T,) int64
+        """A 1-D, non-empty sequence of ids inside the vocabulary, or a PromptError saying what is wrong."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise PromptError(f"input_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise PromptError(f"input_ids must be integers, got dtype {ids.dtype}")
+        V = self.cfg.text.vocab_size
+        bad = ids[(ids < 0) | (ids >= V)]
+        if bad.size:
+            raise PromptError(f"token id {int(bad[0])} is outside the vocabulary [0, {V})")
+        return ids.astype(np.int64)
+
+    def new_cache(self):
+        """Empty per-layer latent caches (c_kv, k_rope) for incremental decoding."""
+        return decoder.new_cache(self.cfg.text)
+
+    def embed(self, input_ids):  # (T,) -> (T, D)
+        return self.weights.embedding_rows(self.check_ids(input_ids))
+
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False):  # (T,) -> (T, V)
+        """Logits of the new tokens, continuing `cache` (which is extended in place)."""
+        h = self.embed(input_ids)                                             # (T, D)
+        if capture is not None:
+            capture["embed"] = h
+        return decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, capture, absorbed, last_only)
+
+    def logits(self, input_ids, capture=None):  # (T,) -> (T, V) float32
+        """Full-sequence logits from scratch. Pass a dict as `capture` to receive named intermediates:
+        embed, layers.{i}.attn_out, layers.{i}.router_indices, layers.{i}.router_weights,
+        layers.{i}.mlp_out, layers.{i}.hidden, final_norm."""
+        return self.forward(input_ids, self.new_cache(), capture)
+
+    @property
+    def stop_ids(self):
+        """End of turn (<|im_end|>, from tokenizer_config.json when shipped) and the config's eos id."""
+        ids = {self.cfg.eos_token_id}
+        path = os.path.join(self.path, "tokenizer_config.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                decoder_map = json.load(f).get("added_tokens_decoder", {})
+            ids |= {int(i) for i, t in decoder_map.items() if t.get("content") in ("<|im_end|>", "[EOS]")}
+        return frozenset(ids)
+
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
+                 absorbed=True):
+        """Yield new token ids one at a time: prefill the prompt, then decode with the latent cache.
+
+        temperature 0 is greedy (reproduces transformers' greedy generate); otherwise seeded sampling with
+        top-k then top-p. Generation ends after max_new_tokens or at a stop id, which is not yielded;
+        stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
+        """
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0:
+            raise PromptError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0")
+        stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
+        rng = np.random.default_rng(seed)
+        cache, ids = self.new_cache(), self.check_ids(input_ids)
+        for _ in range(max_new_tokens):
+            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True)[-1]   # (V,)
+            token = sample(logits, temperature, top_k, top_p, rng)
+            if token in stops:
+                return
+            yield token
+            ids = np.array([token])
+
+
+def load_model(path, memory_budget=None, progress=False):
+    """Open a released-layout checkpoint folder (config.json + safetensors shards) -> Model.
+
+    memory_budget: bytes of converted weights to keep cached (None: keep everything).
+    progress: show a progress bar while shard headers are read and checked.
+    """
+    cfg = load_config(path)
+    ckpt = Checkpoint(path, progress)
+    validate(ckpt, cfg)
+    return Model(path, cfg, ckpt, memory_budget)
