@@ -40,6 +40,7 @@ def ffn(i, x, W: Weights, cfg: TextConfig, capture=None):  # (T, D) -> (T, D)
     if not cfg.is_moe_layer(i):
         return swiglu(x, *W.mlp(f"{p}mlp."))
     idx, g = route(x, *W.router(i), cfg)                                      # (T, A), (T, A)
+    W.load_experts(i, np.unique(idx))                                         # read what was chosen, at once
     if capture is not None:
         capture[f"layers.{i}.router_indices"], capture[f"layers.{i}.router_weights"] = idx, g
     return moe(x, idx, g, lambda e: W.expert(i, e), W.mlp(f"{p}mlp.shared_experts."))
@@ -48,10 +49,10 @@ def ffn(i, x, W: Weights, cfg: TextConfig, capture=None):  # (T, D) -> (T, D)
 def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=None, absorbed=False):  # (T, D) -> (T, D)
     """One pre-norm decoder layer."""
     p = layer_prefix(i)
-    a = mla(rms_norm(h, W.norm(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i), cfg,
+    a = mla(rms_norm(h, W.f32(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i), cfg,
             cos, sin, scale, cache, absorbed)                                  # (T, D)
     h = h + a
-    m = ffn(i, rms_norm(h, W.norm(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture)
+    m = ffn(i, rms_norm(h, W.f32(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture)
     if capture is not None:
         capture[f"layers.{i}.attn_out"], capture[f"layers.{i}.mlp_out"] = a, m
         capture[f"layers.{i}.hidden"] = h + m
@@ -64,8 +65,9 @@ def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, abs
     T, start = h.shape[0], cache[0].length
     cos, sin = rope.at(start, T)
     for i in range(cfg.num_hidden_layers):
+        W.prefetch_layer(i + 1)                                                # read ahead while layer i runs
         h = layer(i, h, W, cfg, cos, sin, rope.scale, cache[i], capture, absorbed)
-    h = rms_norm(h, W.norm(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
+    h = rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
     if capture is not None:
         capture["final_norm"] = h
-    return (h[-1:] if last_only else h) @ W.lm_head().T                                                  # (T, V)
+    return W.logits(h[-1:] if last_only else h)                                                 # (T, V)

@@ -77,3 +77,10 @@ def quantize(W, group_size=32):  # (O, I) float32 -> Int4Weight
     scale = np.where(scale == 0, np.float32(1.0), scale)
     q = np.clip(np.rint(g / scale[:, :, None]), -8, 7).astype(np.int8).reshape(O, I)
     return Int4Weight(pack(q), scale.astype(np.float32), (O, I))
+
+
+def linear(x, w):  # (T, I), (O, I) dense or Int4Weight -> (T, O)
+    """y = x W^T for a float32 matrix or an INT4 one (dequantized here; the fused kernel never materialises W)."""
+    if isinstance(w, Int4Weight):
+        return x @ dequantize(w).T
+    return x @ w.T

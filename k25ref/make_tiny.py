@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from k25ref.checkpoint import f32_to_bf16
+from k25ref.checkpoint import DTYPES, f32_to_bf16
 from k25ref.config import from_hf
 from k25ref.int4 import quantize
 from k25ref.weights import TEXT, expected_tensors
@@ -144,17 +144,26 @@ def _random_float(name, shape, rng):
 
 def write_safetensors(path, tensors):
     """tensors: list of (name, dtype name, ndarray) -> one safetensors file (header padded to 8 bytes)."""
+    write_shard(path, [(name, dtype, arr.shape, [arr]) for name, dtype, arr in tensors])
+
+
+def write_shard(path, entries):
+    """entries: (name, dtype name, shape, chunks) with chunks an iterable of arrays whose bytes, in order, are
+    the tensor's data (little-endian). Lets large tensors be written block by block."""
     header, offset = {}, 0
-    for name, dtype, arr in tensors:
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
+    for name, dtype, shape, _ in entries:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for _, _, arr in tensors:
-            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        for name, _, _, chunks in entries:
+            written = sum(f.write(np.ascontiguousarray(c).astype(c.dtype.newbyteorder("<"), copy=False).data)
+                          for c in chunks)
+            assert written == header[name]["data_offsets"][1] - header[name]["data_offsets"][0], name
 
 
 def shard_of(name, cfg, shards):
@@ -206,3 +215,89 @@ def copy_tokenizer(out, vocab):
     if n_base + N_SPECIAL == vocab:
         for name in os.listdir(src):
             shutil.copy(os.path.join(src, name), os.path.join(out, name))
+
+
+# ----------------------------------------------------------------------------
+# full-width synthetic checkpoints: the real K2.5 tensor shapes, fewer layers and experts, written fast
+
+BLOCK = 1 << 22                       # elements per written block (8 MiB of bf16)
+
+
+def full_width_config(layers=61, experts=384):
+    """The real K2.5 config.json with `layers` text layers (the first dense) and `experts` routed experts."""
+    hub = preset("full")
+    hub["text_config"].update(num_hidden_layers=layers, n_routed_experts=experts)
+    return hub
+
+
+class _Pools:
+    """Blocks of bf16 values ~ N(offset, scale^2), one per distinct (scale, offset), made once; big tensors are
+    tiled from them at random starts, so writing runs at disk speed (seeded, deterministic)."""
+
+    def __init__(self, rng):
+        self.rng, self.normal, self.made = rng, rng.standard_normal(2 * BLOCK, dtype=np.float32), {}
+
+    def bf16(self, n, scale, offset=0.0):
+        key = (float(scale), float(offset))
+        if key not in self.made:
+            self.made[key] = f32_to_bf16(self.normal * np.float32(scale) + np.float32(offset))
+        pool = self.made[key]
+        for start in range(0, n, BLOCK):
+            a = int(self.rng.integers(0, BLOCK))
+            yield pool[a:a + min(BLOCK, n - start)]
+
+    def words(self, n):
+        """n random int32 words: every bit pattern is eight valid INT4 codes."""
+        for start in range(0, n, BLOCK):
+            yield self.rng.integers(-2**31, 2**31, size=min(BLOCK, n - start), dtype=np.int32)
+
+
+def _synthetic_entries(cfg, seed):
+    """(name, dtype, shape, chunks) for every tensor of `cfg`, as the release stores it."""
+    rng = np.random.default_rng(seed)
+    pools, expected = _Pools(rng), expected_tensors(cfg)
+    for name, (dtypes, shape) in expected.items():
+        n = int(np.prod(shape))
+        if name.endswith("weight_packed"):
+            yield name, "I32", shape, pools.words(n)
+        elif name.endswith("weight_shape"):
+            prefix = name[: -len("weight_shape")]
+            O, I = expected[f"{prefix}weight_packed"][1][0], expected[f"{prefix}weight_scale"][1][1] * cfg.quant.group_size
+            yield name, "I32", shape, [np.array([O, I], np.int32)]
+        elif name.endswith("weight_scale"):
+            I = shape[1] * cfg.quant.group_size
+            yield name, "BF16", shape, pools.bf16(n, 0.02 / np.sqrt(I), 0.1 / np.sqrt(I))
+        elif dtypes == ("F32",):
+            yield name, "F32", shape, [(0.1 * rng.standard_normal(shape)).astype(np.float32)]
+        elif len(shape) == 1:
+            is_norm = name.endswith(".weight") and "norm" in name
+            yield name, "BF16", shape, pools.bf16(n, 0.2 if is_norm else 0.1, 1.0 if is_norm else 0.0)
+        else:
+            yield name, "BF16", shape, pools.bf16(n, 1 / np.sqrt(np.prod(shape[1:])))
+
+
+def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False):
+    """Write a synthetic checkpoint with the real K2.5 tensor shapes (hidden 7168, MLA 1536/512/64 heads,
+    experts of 2048 in INT4 with bf16 scales, vocab 163840, the full vision tower) for `layers` layers and
+    `experts` routed experts, in the released layout; one shard per layer plus three, like the release.
+    With layers=61, experts=384 its index lists exactly the real checkpoint's tensor names and shapes."""
+    from tqdm import tqdm
+    hub = full_width_config(layers, experts)
+    cfg = from_hf(hub)
+    shards = shards or layers + 3
+    os.makedirs(out, exist_ok=True)
+    groups = [[] for _ in range(shards)]
+    for entry in _synthetic_entries(cfg, seed):
+        groups[shard_of(entry[0], cfg, shards)].append(entry)
+    weight_map, total = {}, 0
+    for k, group in enumerate(tqdm(groups, desc="writing shards", unit="shard", disable=not progress)):
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        write_shard(os.path.join(out, file), group)
+        for name, dtype, shape, _ in group:
+            weight_map[name] = file
+            total += int(np.prod(shape)) * DTYPES[dtype][1]
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    return out

@@ -14,7 +14,8 @@ from k25ref.checkpoint import Checkpoint
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
 from k25ref.sampling import sample
-from k25ref.weights import WeightCache, Weights, validate
+from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
+from k25ref.weights import Weights, validate
 
 
 class Model:
@@ -22,8 +23,9 @@ class Model:
 
     def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
-        self.cache = WeightCache(memory_budget)
-        self.weights = Weights(ckpt, cfg, self.cache)
+        self.cache, self.stats = WeightCache(memory_budget), IOStats()
+        prefetcher = Prefetcher() if memory_budget is not None else None
+        self.weights = Weights(ckpt, cfg, self.cache, Reader(ckpt, self.stats), prefetcher)
         self.rope = decoder.Rope(cfg.text)
 
     def check_ids(self, input_ids):  # -> (T,) int64

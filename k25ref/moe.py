@@ -12,7 +12,8 @@ Same as: transformers DeepseekV3TopkRouter / DeepseekV3MoE; DeepSeek inference/m
 import numpy as np
 
 from k25ref.config import TextConfig
-from k25ref.nn import sigmoid, swiglu
+from k25ref.int4 import linear
+from k25ref.nn import sigmoid, silu
 
 
 def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), (E,) -> (T, A) int64, (T, A) float32
@@ -34,16 +35,21 @@ def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), 
     return idx, (weights * np.float32(cfg.routed_scaling_factor)).astype(np.float32)
 
 
+def expert_ffn(x, gate_proj, up_proj, down_proj):  # (n, D) -> (n, D)
+    """SwiGLU of one expert, whose matrices may be INT4: W_down (silu(W_gate x) * W_up x)."""
+    return linear(silu(linear(x, gate_proj)) * linear(x, up_proj), down_proj)
+
+
 def moe(u, idx, weights, expert, shared):  # (T, D), (T, A), (T, A) -> (T, D)
     """Weighted sum of the chosen experts' SwiGLU outputs, plus the shared expert(s).
 
-    `expert(e)` returns (gate_proj, up_proj, down_proj) of routed expert e (float32; fetched on demand,
-    so only chosen experts are ever read); `shared` is the shared experts' (gate, up, down).
+    `expert(e)` returns (gate_proj, up_proj, down_proj) of routed expert e (float32 or Int4Weight; fetched on
+    demand, so only chosen experts are ever read); `shared` is the shared experts' (gate, up, down).
     Each chosen expert runs once on the tokens that chose it.
     """
     out = np.zeros_like(u)                                                     # (T, D)
     for e in np.unique(idx):
         tokens, slot = np.nonzero(idx == e)                                    # who chose e, in which slot
-        y = swiglu(u[tokens], *expert(int(e)))                                 # (n_e, D)
+        y = expert_ffn(u[tokens], *expert(int(e)))                             # (n_e, D)
         np.add.at(out, tokens, y * weights[tokens, slot][:, None])
-    return out + swiglu(u, *shared)
+    return out + expert_ffn(u, *shared)

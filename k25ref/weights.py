@@ -5,18 +5,17 @@ validates against it (headers only, before any data is read), `make-tiny` writes
 `inspect` counts it. Names are the released ones (`language_model.model.layers.N...`, `vision_tower...`,
 `mm_projector...`), derived from the config, never from literals like 61.
 
-`Weights` hands out float32 arrays by concept (embedding, a layer's MLA weights, one routed expert, ...):
-BF16 is widened exactly, INT4 experts are dequantized when the router first picks them. A `WeightCache`
-keeps converted arrays inside a byte budget (least recently used first out).
+`Weights` hands out weights by concept (embedding rows, a layer's MLA weights, one routed expert, ...),
+read on first use: BF16 widened exactly to float32, INT4 experts kept packed. The cache and the reader live in
+k25ref/streaming.py.
 """
-from collections import OrderedDict
-
 import numpy as np
 
 from k25ref.checkpoint import fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight, dequantize
 from k25ref.mla import MLAWeights
+from k25ref.streaming import IOStats, Reader, WeightCache
 
 TEXT = "language_model.model."
 LM_HEAD = "language_model.lm_head.weight"
@@ -149,54 +148,44 @@ def problems(ckpt, cfg: KimiK25Config):
 
 
 # ----------------------------------------------------------------------------
-# typed access with a byte-budgeted cache
-
-
-class WeightCache:
-    """Least-recently-used store of converted float32 arrays, bounded by `budget` bytes (None: unbounded)."""
-
-    def __init__(self, budget=None):
-        self.budget, self.items, self.bytes = budget, OrderedDict(), 0
-        self.hits = self.misses = self.bytes_loaded = 0
-
-    def get(self, key, load):
-        if key in self.items:
-            self.hits += 1
-            self.items.move_to_end(key)
-            return self.items[key]
-        self.misses += 1
-        value = load()
-        size = sum(a.nbytes for a in value) if isinstance(value, tuple) else value.nbytes
-        self.bytes_loaded += size
-        if self.budget is None or size <= self.budget:
-            self.items[key] = value
-            self.bytes += size
-            while self.budget is not None and self.bytes > self.budget:
-                _, old = self.items.popitem(last=False)
-                self.bytes -= sum(a.nbytes for a in old) if isinstance(old, tuple) else old.nbytes
-        return value
+# typed access through the budgeted cache
 
 
 class Weights:
-    """float32 weights of one checkpoint by concept; each array converted once and cached."""
+    """Weights of one checkpoint by concept, read on first use (pread) and kept in `cache`.
 
-    def __init__(self, ckpt, cfg: KimiK25Config, cache: WeightCache):
-        self.ckpt, self.cfg, self.cache, self.expected = ckpt, cfg, cache, expected_tensors(cfg)
+    Dense weights are float32 (BF16 widened exactly); routed experts stay packed INT4 (`Int4Weight`) and are
+    dequantized where they are used, so a cached expert costs ~1/7 of its float32 size.
+    """
+
+    def __init__(self, ckpt, cfg: KimiK25Config, cache: WeightCache, reader: Reader = None, prefetcher=None):
+        self.ckpt, self.cfg, self.cache = ckpt, cfg, cache
+        self.reader = reader if reader is not None else Reader(ckpt, IOStats())
+        self.expected, self.prefetcher = expected_tensors(cfg), prefetcher
 
     def f32(self, name):
         """One floating tensor, widened exactly to float32 (cached)."""
-        return self.cache.get(name, lambda: np.ascontiguousarray(self.ckpt.float32(name, self.expected[name][1])))
+        return self.cache.get(name, lambda: to_float32(self.reader.read(name), self.ckpt.info(name).dtype))
 
     def optional(self, name):
         return self.f32(name) if name in self.expected else None
 
     def embedding_rows(self, ids):  # (T,) -> (T, D): only the rows used are read
         name = f"{TEXT}embed_tokens.weight"
-        return to_float32(np.asarray(self.ckpt.raw(name)[np.asarray(ids)]), self.ckpt.info(name).dtype)
+        dtype = self.ckpt.info(name).dtype
+        return np.concatenate([to_float32(self.reader.read_rows(name, i, i + 1), dtype) for i in ids])
 
-    def lm_head(self):  # (V, D)
+    def logits(self, h):  # (T, D) -> (T, V)
+        """h @ lm_head^T. When the float32 head would take over a quarter of the budget it is streamed in
+        row blocks instead of cached (K2.5's head is 4.7 GB in float32)."""
         t = self.cfg.text
-        return self.f32(f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD)
+        name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
+        f32_bytes = t.vocab_size * t.hidden_size * 4
+        if self.cache.budget is None or f32_bytes <= self.cache.budget // 4:
+            return h @ self.f32(name).T
+        dtype, rows = self.ckpt.info(name).dtype, max(1, (self.cache.budget // 16) // (t.hidden_size * 4))
+        return np.concatenate([h @ to_float32(self.reader.read_rows(name, a, min(a + rows, t.vocab_size)), dtype).T
+                               for a in range(0, t.vocab_size, rows)], axis=1)
 
     def attention(self, i):
         p = f"{layer_prefix(i)}self_attn."
@@ -206,35 +195,54 @@ class Weights:
         kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias") for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
         return MLAWeights(**kw)
 
-    def norm(self, name):  # input_layernorm / post_attention_layernorm of a layer, or the final norm
-        return self.f32(name)
-
-    def mlp(self, prefix):  # -> (gate_proj, up_proj, down_proj)
+    def mlp(self, prefix):  # -> (gate_proj, up_proj, down_proj) float32
         return tuple(self.f32(f"{prefix}{n}.weight") for n in ("gate_proj", "up_proj", "down_proj"))
 
     def router(self, i):  # -> (E, D), (E,)
         p = f"{layer_prefix(i)}mlp.gate."
         return self.f32(f"{p}weight"), self.f32(f"{p}e_score_correction_bias")
 
-    def expert(self, i, e):  # -> (gate_proj, up_proj, down_proj) float32, dequantized when INT4
+    def dense_names(self, i):
+        """The non-expert tensors of layer i (what a decoded token reads in full)."""
+        p = layer_prefix(i)
+        return [n for n in self.expected if n.startswith(p) and ".mlp.experts." not in n and
+                not n.endswith(("weight_packed", "weight_scale", "weight_shape"))]
+
+    def prefetch_layer(self, i):
+        """Start reading layer i's dense weights in the background (no-op without a prefetcher)."""
+        if self.prefetcher is not None and 0 <= i < self.cfg.text.num_hidden_layers:
+            names = self.dense_names(i)
+            self.prefetcher.later(lambda: [self.f32(n) for n in names])
+
+    def expert(self, i, e):  # -> (gate_proj, up_proj, down_proj): Int4Weight each (or float32 if unquantized)
         prefix = f"{layer_prefix(i)}mlp.experts.{e}."
         if self.cfg.quant is None:
             return self.mlp(prefix)
-        return self.cache.get(prefix, lambda: tuple(dequantize(self.int4(f"{prefix}{n}."))
-                                                    for n in ("gate_proj", "up_proj", "down_proj")))
+        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in ("gate_proj", "up_proj",
+                                                                                          "down_proj")))
+
+    def load_experts(self, i, experts):
+        """Count cache hits/misses of layer i's chosen experts and read the missing ones, concurrently when
+        a prefetcher is present, before the layer uses them one by one."""
+        for e in experts:
+            self.reader.stats.expert(i, f"{layer_prefix(i)}mlp.experts.{e}." in self.cache)
+        load = [lambda e=e: self.expert(i, e) for e in experts]
+        if self.prefetcher is not None:
+            self.prefetcher.all(load)
+        else:
+            for fn in load:
+                fn()
 
     def int4(self, prefix):
-        """The stored triplet of one INT4 matrix, checked for agreement (weight_shape vs config)."""
-        shape_name = f"{prefix}weight_shape"
+        """The stored triplet of one INT4 matrix, checked for agreement (weight_shape vs config, finite scales)."""
+        shape_name, scale_name = f"{prefix}weight_shape", f"{prefix}weight_scale"
         O = self.expected[f"{prefix}weight_packed"][1][0]
-        I = self.expected[f"{prefix}weight_scale"][1][1] * self.cfg.quant.group_size
-        stored = tuple(int(v) for v in np.asarray(self.ckpt.raw(shape_name)))
+        I = self.expected[scale_name][1][1] * self.cfg.quant.group_size
+        stored = tuple(int(v) for v in self.reader.read(shape_name))
         if stored != (O, I):
             fail(self.ckpt.file_of(shape_name), "int4_shape", f"weight_shape {list(stored)} but config needs {[O, I]}",
                  shape_name)
-        scale = self.ckpt.float32(f"{prefix}weight_scale")
+        scale = to_float32(self.reader.read(scale_name), self.ckpt.info(scale_name).dtype)
         if not np.all(np.isfinite(scale)):
-            fail(self.ckpt.file_of(f"{prefix}weight_scale"), "int4_scale", "scales contain NaN or Inf",
-                 f"{prefix}weight_scale")
-        return Int4Weight(np.asarray(self.ckpt.raw(f"{prefix}weight_packed")), scale, (O, I))
-
+            fail(self.ckpt.file_of(scale_name), "int4_scale", "scales contain NaN or Inf", scale_name)
+        return Int4Weight(self.reader.read(f"{prefix}weight_packed"), scale, (O, I))
