@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from k25ref import decoder
+from k25ref import decoder, multimodal, projector
 from k25ref.checkpoint import Checkpoint
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
@@ -48,18 +48,33 @@ class Model:
     def embed(self, input_ids):  # (T,) -> (T, D)
         return self.weights.embedding_rows(self.check_ids(input_ids))
 
-    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False):  # (T,) -> (T, V)
-        """Logits of the new tokens, continuing `cache` (which is extended in place)."""
-        h = self.embed(input_ids)                                             # (T, D)
+    def vision_features(self, pixel_values, grid_thw, capture=None):  # -> (sum h*w/4, D)
+        """MoonViT + projector: one row per merged 2x2 patch group (a video chunk's frames are pooled)."""
+        return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture)
+
+    def embed_prompt(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, D)
+        """Token embeddings with image/video features scattered, in order, over the media placeholder ids.
+        Placeholders without media (or the reverse) are a PromptError, never a silent wrong answer."""
+        ids = self.check_ids(input_ids)
+        h = self.weights.embedding_rows(ids)                                  # (T, D)
+        feats = (self.vision_features(pixel_values, grid_thw, capture) if pixel_values is not None
+                 else np.zeros((0, self.cfg.text.hidden_size), np.float32))
+        return multimodal.splice(h, ids, feats, self.cfg.media_placeholder_token_id)
+
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None):
+        """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
+        `embeds` (T, D) replaces the embedding lookup (a prompt with media: see embed_prompt)."""
+        h = self.embed(input_ids) if embeds is None else embeds                # (T, D)
         if capture is not None:
             capture["embed"] = h
         return decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, capture, absorbed, last_only)
 
-    def logits(self, input_ids, capture=None):  # (T,) -> (T, V) float32
-        """Full-sequence logits from scratch. Pass a dict as `capture` to receive named intermediates:
-        embed, layers.{i}.attn_out, layers.{i}.router_indices, layers.{i}.router_weights,
-        layers.{i}.mlp_out, layers.{i}.hidden, final_norm."""
-        return self.forward(input_ids, self.new_cache(), capture)
+    def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, V) float32
+        """Full-sequence logits from scratch, images and video chunks included. Pass a dict as `capture` to
+        receive named intermediates: embed, layers.{i}.attn_out, layers.{i}.router_indices,
+        layers.{i}.router_weights, layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
+        h = self.embed_prompt(input_ids, pixel_values, grid_thw, capture)
+        return self.forward(input_ids, self.new_cache(), capture, embeds=h)
 
     @property
     def stop_ids(self):
@@ -73,11 +88,12 @@ class Model:
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
-                 absorbed=True):
+                 pixel_values=None, grid_thw=None, absorbed=True):
         """Yield new token ids one at a time: prefill the prompt, then decode with the latent cache.
 
         temperature 0 is greedy (reproduces transformers' greedy generate); otherwise seeded sampling with
-        top-k then top-p. Generation ends after max_new_tokens or at a stop id, which is not yielded;
+        top-k then top-p. pixel_values/grid_thw (from k25ref.media) fill the prompt's media placeholders.
+        Generation ends after max_new_tokens or at a stop id, which is not yielded;
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
         """
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0:
@@ -85,13 +101,14 @@ class Model:
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)
+        embeds = self.embed_prompt(ids, pixel_values, grid_thw) if max_new_tokens else None
         for _ in range(max_new_tokens):
-            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True)[-1]   # (V,)
+            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds)[-1]   # (V,)
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:
                 return
             yield token
-            ids = np.array([token])
+            ids, embeds = np.array([token]), None
 
 
 def load_model(path, memory_budget=None, progress=False):
