@@ -61,7 +61,11 @@ def _from_keys(cls, d, table, where):
     """Build `cls` from hub dict `d`: table maps field -> hub key; missing keys keep the class default."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(d).__name__}")
-    kwargs = {f: d[k] for f, k in table.items() if k in d and d[k] is not None}
+    return _build(cls, {f: d[k] for f, k in table.items() if k in d and d[k] is not None}, where)
+
+
+def _build(cls, kwargs, where):
+    """cls(**kwargs), with any ConfigError prefixed by where it came from."""
     try:
         return cls(**kwargs)
     except ConfigError as e:
@@ -242,12 +246,7 @@ def _text_from_hf(t):
     _require(nkv == t.get("num_attention_heads", nkv),
              "text_config.num_key_value_heads must equal num_attention_heads (MLA has no KV groups)")
     kw = {f: t[k] for f, k in TEXT_KEYS.items() if k in t and (t[k] is not None or f == "q_lora_rank")}
-    try:
-        return TextConfig(rope=_rope_from_hf(t), **kw)
-    except ConfigError as e:
-        raise ConfigError(f"text_config: {e}") from None
-    except TypeError as e:  # a key of the wrong kind entirely
-        raise ConfigError(f"text_config: {e}") from None
+    return _build(TextConfig, dict(rope=_rope_from_hf(t), **kw), "text_config")
 
 
 # ----------------------------------------------------------------------------
@@ -314,10 +313,7 @@ def _vision_from_hf(v, top):
                 break
     if "projector_ln_eps" not in kw and "projection_layer_norm_eps" in top:
         kw["projector_ln_eps"] = top["projection_layer_norm_eps"]
-    try:
-        return VisionConfig(**kw)
-    except ConfigError as e:
-        raise ConfigError(f"vision_config: {e}") from None
+    return _build(VisionConfig, kw, "vision_config")
 
 
 # ----------------------------------------------------------------------------
@@ -364,10 +360,7 @@ def from_hf(d):
            "eos_token_id": d.get("eos_token_id", text_d.get("eos_token_id", 163585))}
     if isinstance(top["eos_token_id"], list) and top["eos_token_id"]:
         top["eos_token_id"] = top["eos_token_id"][0]
-    try:
-        return KimiK25Config(text=text, vision=vision, quant=quant, **top)
-    except ConfigError as e:
-        raise ConfigError(f"config.json: {e}") from None
+    return _build(KimiK25Config, dict(text=text, vision=vision, quant=quant, **top), "config.json")
 
 
 def load_config(path):

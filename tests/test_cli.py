@@ -1,0 +1,92 @@
+"""The CLI through click's CliRunner: it works on the embedded model and bad input is one line + an exit code."""
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from k25ref.cli import default_model_path, main
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def test_generate_default_model_no_arguments():
+    r = run("generate", "-n", "8")
+    assert r.exit_code == 0, r.output
+    assert "tokens/s" in r.stderr and "peak memory" in r.stderr
+    assert r.stdout.strip()
+
+
+def test_generate_is_reproducible_with_seed():
+    a = run("generate", "ROMEO:", "--raw", "-n", "12", "--temp", "0.9", "--seed", "7").stdout
+    b = run("generate", "ROMEO:", "--raw", "-n", "12", "--temp", "0.9", "--seed", "7").stdout
+    assert a == b
+
+
+def test_generate_reads_stdin():
+    r = run("generate", "-", "-n", "4", "--raw", input="JULIET:")
+    assert r.exit_code == 0
+
+
+@pytest.mark.parametrize("args, stdin, code", [
+    (("generate", ""), None, 6),
+    (("generate", "-"), b"\xff\xfe\xfd", 6),
+    (("generate", "--model", "/no/such/dir"), None, 2),
+    (("inspect", "/no/such/dir"), None, 3),
+])
+def test_bad_input_is_one_line(args, stdin, code):
+    r = CliRunner().invoke(main, list(args), input=stdin)
+    assert r.exit_code == code, r.output
+    assert r.stderr.startswith("k25ref: error:") and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.output
+
+
+def test_malformed_checkpoint_is_one_line(tmp_path):
+    d = tmp_path / "ck"
+    run("make-tiny", str(d), "--preset", "tiny-plain", "--shards", "1")
+    shard = d / "model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    r = CliRunner().invoke(main, ["generate", "--model", str(d)])
+    assert r.exit_code == 4 and "truncated" in r.stderr and str(shard) in r.stderr
+
+
+def test_inspect_reports_cache_and_params():
+    r = run("inspect")
+    assert r.exit_code == 0
+    assert "KV cache per token" in r.stdout and "active per token" in r.stdout and "problems: none" in r.stdout
+
+
+def test_inspect_index_only(tmp_path):
+    from k25ref.make_tiny import preset
+    cfg = preset("full")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    # an index with exactly the expected names, no shards on disk
+    from k25ref.config import from_hf
+    from k25ref.weights import expected_tensors
+    names = expected_tensors(from_hf(cfg))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: "model-00001-of-00064.safetensors" for n in names}}))
+    r = run("inspect", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "index only" in r.stdout and "T total" in r.stdout
+
+
+def test_tokenize_shows_pieces():
+    r = run("tokenize", "Hello world")
+    assert r.exit_code == 0 and "tokens" in r.stdout
+    r2 = run("tokenize", default_model_path(), "Hello world")
+    assert r2.stdout == r.stdout
+
+
+def test_make_tiny_rejects_bad_preset(tmp_path):
+    r = CliRunner().invoke(main, ["make-tiny", str(tmp_path / "x"), "--preset", "huge"])
+    assert r.exit_code == 2 and "choose one of" in r.output
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_help_teaches():
+    r = run("--help")
+    assert "generate" in r.stdout and "k25ref generate" in r.stdout
+    assert "embedded tiny model" in run("generate", "--help").stdout
