@@ -127,23 +127,38 @@ class TextStream:
 @click.option("--raw", is_flag=True, help="No chat template: continue PROMPT as plain text.")
 @click.option("--stats", is_flag=True, help="Print weight-cache and I/O counters after generating.")
 @click.option("--max-memory", default=None, help="Budget for cached weights, e.g. 4GB (default: no limit).")
-def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory):
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="An image to show the model (repeatable); it comes before the prompt text.")
+@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
+              help="A video (mp4/webm need the 'video' extra; GIF works as is), sampled at 2 fps in 4-frame chunks.")
+def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory,
+             images, videos):
     """Stream a reply to PROMPT ('-' reads stdin; default 'ROMEO:').
 
     Speeds and peak memory go to stderr, the text to stdout, so `k25ref generate ... > out.txt` keeps
     only the text.
     """
     prompt = _read_prompt(prompt)
+    if raw and (images or videos):
+        raise click.UsageError("--image/--video need the chat template: drop --raw")
+    parts, pixels, grids = _media_parts(images, videos)
     model, tok = _open(model_dir, _parse_bytes(max_memory) if max_memory else None)
     if raw:
         ids = tok.encode(prompt)
     else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        content = parts + [{"type": "text", "text": prompt}] if parts else prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         ids = tok.apply_chat_template(messages, thinking=think)
+    kw = {}
+    if pixels:
+        import numpy as np
+        from k25ref.multimodal import expand_placeholders
+        kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
+        ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
     out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
     first, n = None, 0
-    for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed):
+    for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed, **kw):
         first = first or time.perf_counter()
         out.write(token)
         n += 1
@@ -155,9 +170,38 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
                f"{max(n - 1, 0) / max(t1 - (first or t1), 1e-9):.1f} tokens/s | peak memory "
                f"{peak_rss_bytes() / 2**20:.0f} MiB", err=True)
     if stats:
-        c = model.cache
-        click.echo(f"weights: {c.bytes_loaded / 2**20:.1f} MiB converted, cache hits {c.hits}, misses {c.misses}, "
-                   f"{c.bytes / 2**20:.1f} MiB held", err=True)
+        for line in format_stats(model, t1 - t0, len(ids) + n):
+            click.echo(line, err=True)
+
+
+def _media_parts(images, videos):
+    """Preprocess --image/--video files -> chat content parts, pixel blocks and grid rows, in prompt order."""
+    from k25ref import media
+    parts, pixels, grids = [], [], []
+    for path in images:
+        pv, grid = media.preprocess_image(path)
+        parts.append({"type": "image"})
+        pixels.append(pv)
+        grids.append(grid)
+    for path in videos:
+        pv, grid, stamps = media.preprocess_video(path)
+        parts.append({"type": "video", "timestamps": stamps})
+        pixels.append(pv)
+        grids.append(grid)
+    return parts, pixels, grids
+
+
+def format_stats(model, seconds, tokens):
+    """Lines of weight-streaming counters: bytes read, I/O vs compute time, cache and per-layer expert hits."""
+    s, c = model.stats.snapshot(), model.cache
+    lines = [f"read {s['bytes_read'] / 2**20:.1f} MiB in {s['reads']} reads ({s['bytes_read'] / 2**20 / tokens:.1f} "
+             f"MiB/token), I/O {s['io_seconds']:.2f} s of {seconds:.2f} s",
+             f"weight cache: {c.hits} hits, {c.misses} misses, {c.bytes / 2**20:.1f} MiB held"
+             + (f" of a {c.budget / 2**20:.0f} MiB budget" if c.budget else "")]
+    for layer in sorted(set(s["expert_hits"]) | set(s["expert_misses"])):
+        h, m = s["expert_hits"].get(layer, 0), s["expert_misses"].get(layer, 0)
+        lines.append(f"  layer {layer:>3} experts: {h} hits / {h + m} uses ({h / (h + m):.0%})")
+    return lines
 
 
 @main.command()
@@ -228,7 +272,7 @@ def tokenize(args, model_dir):
     ids = tok.encode(args[-1])
     click.echo(f"{len(ids)} tokens")
     for i in ids:
-        click.echo(f"{i:>8}  {tok.piece(i)!r}")
+        click.echo(f"{i:>8}  {tok.piece(i)}")
 
 
 @main.command("make-tiny")
@@ -246,3 +290,20 @@ def make_tiny_cmd(out, preset, seed, shards):
         raise click.BadParameter("must be >= 1", param_hint="--shards")
     make_tiny(out, preset, seed=seed, shards=shards)
     click.echo(f"wrote {out}")
+
+
+@main.command("inspect-image")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also save a picture of the patch grid and its 2x2 "
+                                                            "merge groups here (PNG).")
+def inspect_image(path, plot):
+    """How MoonViT sees an image: original, resized and padded sizes, patch grid and token count."""
+    from k25ref import media
+    info = media.plot_patch_grid(path, plot) if plot else media.describe_image(path)
+    for key, value in info.items():
+        click.echo(f"{key:14} {value}")
+
+
+from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own command group)
+
+main.add_command(swarm)
