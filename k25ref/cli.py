@@ -12,13 +12,9 @@ import time
 import click
 
 from k25ref.errors import K25RefError, PromptError
+from k25ref.model import default_model_path
 
 DEFAULT_PROMPT = "ROMEO:"
-
-
-def default_model_path():
-    """The tiny checkpoint shipped inside the package (with its tokenizer)."""
-    return os.path.join(os.path.dirname(__file__), "assets", "default")
 
 
 class Group(click.Group):

@@ -111,6 +111,11 @@ class Model:
             ids, embeds = np.array([token]), None
 
 
+def default_model_path():
+    """The small checkpoint shipped inside the package, with its tokenizer (what `k25ref generate` runs)."""
+    return os.path.join(os.path.dirname(__file__), "assets", "default")
+
+
 def load_model(path, memory_budget=None, progress=False):
     """Open a released-layout checkpoint folder (config.json + safetensors shards) -> Model.
 
