@@ -1,4 +1,4 @@
-"""Released-layout checkpoints: safetensors shards read through np.memmap, and the shard index.
+"""Released-layout checkpoints: safetensors shards read through read-only memory maps, and the shard index.
 
 A safetensors file is [8-byte little-endian u64 N][N bytes of UTF-8 JSON header][byte buffer]. The header
 maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} with offsets relative to the
@@ -6,12 +6,15 @@ buffer [safetensors README]. We validate the whole header before touching any te
 strictly as the reference implementation (and a little more: duplicate keys, odd names), so a hostile or
 damaged file becomes one CheckpointError naming file, tensor and problem -- never a crash, never a huge
 allocation from a claimed size, never a silent misread. Nothing is read until a tensor is used: `tensor()`
-returns a memmap view.
+returns a view of the mapped file. docs/trust.md lists every rule and its error code.
 """
+import hashlib
 import json
 import math
+import mmap
 import os
 import re
+import stat
 import struct
 
 import numpy as np
@@ -20,7 +23,10 @@ from tqdm import tqdm
 from k25ref.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100_000_000          # the reference implementation's cap
+MAX_INDEX_BYTES = 100_000_000           # the same cap for model.safetensors.index.json (K2.5's is ~10 MB)
 MAX_DIM = 2**48 - 1                     # the format's JSON schema bound on a shape entry
+MAX_RANK = 64                           # NumPy's limit on dimensions
+MAX_ARRAY_BYTES = 2**63 - 1             # NumPy's limit on an array's size, even an empty one's
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -36,7 +42,7 @@ DTYPES = {
 # names the format defines but k25ref cannot compute with: parsed and size-checked, refused on use
 KNOWN_UNSUPPORTED = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "F8_E5M2": 8, "F8_E8M0": 8,
                      "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "C64": 64}
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")     # control characters, lone surrogates
 
 
 def fail(path, code, detail, tensor=None):
@@ -75,18 +81,21 @@ def _no_duplicates(pairs, path):
 def _parse_entry(path, name, h):
     """Validate one header entry -> TensorInfo (sizes in Python ints: no overflow possible)."""
     if not isinstance(name, str) or not name or _BAD_NAME.search(name):
-        fail(path, "bad_name", f"tensor name {name!r} is empty or has control characters")
+        fail(path, "bad_name", f"tensor name {name!r} is empty or has control characters or lone surrogates")
     if not isinstance(h, dict) or set(h) != {"dtype", "shape", "data_offsets"}:
         fail(path, "bad_entry", "entry must have exactly dtype, shape, data_offsets", name)
     dtype, shape, offsets = h["dtype"], h["shape"], h["data_offsets"]
-    if dtype in DTYPES:
+    if isinstance(dtype, str) and dtype in DTYPES:
         bits = DTYPES[dtype][1] * 8
-    elif dtype in KNOWN_UNSUPPORTED:
+    elif isinstance(dtype, str) and dtype in KNOWN_UNSUPPORTED:
         bits = KNOWN_UNSUPPORTED[dtype]
     else:
         fail(path, "unknown_dtype", f"unknown dtype {dtype!r}", name)
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
-        fail(path, "bad_shape", f"shape {shape!r} must be a list of integers in [0, 2^48)", name)
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):
+        fail(path, "bad_shape", f"shape {shape!r} must be a list of at most {MAX_RANK} integers in [0, 2^48)", name)
+    if math.prod(d for d in shape if d) * bits > 8 * MAX_ARRAY_BYTES:
+        fail(path, "overflow", f"shape {shape} of {dtype} exceeds {MAX_ARRAY_BYTES} bytes", name)
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets)
             or offsets[1] < offsets[0]):
         fail(path, "invalid_offset", f"data_offsets {offsets!r} must be [begin, end] with 0 <= begin <= end", name)
@@ -118,59 +127,133 @@ def _check_coverage(path, infos, buffer_bytes):
         fail(path, code, f"tensors cover {end} bytes but the file's buffer holds {buffer_bytes}")
 
 
-def read_header(path):
-    """Parse and fully validate a shard's header -> (header_len N, {name: TensorInfo}, metadata)."""
+def _open_regular(path, what):
+    """Open a regular file (after following symlinks) for reading -> (file, size). A directory, FIFO or
+    device is refused before it is opened, so reading can neither block nor run forever."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                fail(path, "header_too_small", f"file has {size} bytes; a safetensors file starts with 8")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
-                fail(path, "header_too_large", f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap")
-            if 8 + n > size:
-                fail(path, "header_length", f"header length {n} runs past the end of the {size}-byte file")
-            raw = f.read(n)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            fail(path, "not_a_file", f"{what} is not a regular file")
+        f = open(path, "rb")
+        return f, os.fstat(f.fileno()).st_size
     except OSError as e:
-        fail(path, "unreadable", f"cannot read ({e.strerror or e})")
+        fail(path, "unreadable", f"cannot read {what} ({e.strerror or e})")
+
+
+def _json_object(path, text, code, what):
+    """Parse JSON text that must be an object; duplicate keys anywhere are an error, not last-one-wins."""
+    try:
+        d = json.loads(text, object_pairs_hook=lambda p: _no_duplicates(p, path))
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, over-long integers, deep nesting
+        fail(path, code, f"{what} is not valid JSON ({e})")
+    if not isinstance(d, dict):
+        fail(path, code, f"{what} is not a JSON object")
+    return d
+
+
+def _read_raw_header(f, path, size):
+    """The 8-byte length and the header bytes, refusing claimed lengths before reading them."""
+    head = f.read(8)
+    if len(head) < 8:
+        fail(path, "header_too_small", f"file has {size} bytes; a safetensors file starts with 8")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES:
+        fail(path, "header_too_large", f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap")
+    if 8 + n > size:
+        fail(path, "header_length", f"header length {n} runs past the end of the {size}-byte file")
+    raw = f.read(n)
+    if len(raw) != n:
+        fail(path, "file_changed", "the file shrank while its header was read")
+    return n, raw
+
+
+def _parse_header(path, n, raw, size):
+    """Header bytes -> ({name: TensorInfo}, metadata), every rule of the format checked."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         fail(path, "header_not_utf8", f"header is not UTF-8 ({e.reason} at byte {e.start})")
     if not text.strip().startswith("{"):
         fail(path, "header_not_object", "header is not a JSON object")
-    try:
-        header = json.loads(text, object_pairs_hook=lambda p: _no_duplicates(p, path))
-    except (json.JSONDecodeError, RecursionError) as e:
-        fail(path, "header_not_json", f"header is not valid JSON ({e})")
-    meta = header.pop("__metadata__", {})
+    header = _json_object(path, text, "header_not_json", "header")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta               # null means absent, as in the reference implementation
     _check_metadata(path, meta)
     infos = {name: _parse_entry(path, name, h) for name, h in header.items()}
     _check_coverage(path, infos.values(), size - 8 - n)
+    return infos, meta
+
+
+def _read_validated(path):
+    """-> (header_len N, infos, metadata, file size, sha256 of the header bytes)."""
+    f, size = _open_regular(path, "safetensors file")
+    try:
+        with f:
+            n, raw = _read_raw_header(f, path, size)
+    except OSError as e:
+        fail(path, "unreadable", f"cannot read ({e.strerror or e})")
+    infos, meta = _parse_header(path, n, raw, size)
+    return n, infos, meta, size, hashlib.sha256(raw).digest()
+
+
+def read_header(path):
+    """Parse and fully validate a shard's header -> (header_len N, {name: TensorInfo}, metadata)."""
+    n, infos, meta, _, _ = _read_validated(path)
     return n, infos, meta
 
 
 class SafetensorsFile:
-    """One validated shard; `tensor(name)` is a zero-copy memmap view (nothing read until touched)."""
+    """One validated shard; `tensor(name)` is a zero-copy view of a read-only map (nothing read until touched).
+
+    A mapped file that shrinks would kill the process with SIGBUS on the next read of a lost page. So the
+    file is mapped only after its header is read again and found unchanged, and the mapped file's size is
+    checked before every view is handed out: a truncated or rewritten shard becomes a CheckpointError
+    ("file_changed"), and once the file is whole again the next access maps it afresh. (A file shrinking
+    between that check and the read of the view cannot be caught; arrays converted by k25ref are copies,
+    so only such a race, never a cached weight, can touch a lost page.)
+    """
 
     def __init__(self, path):
         self.path = str(path)
-        self.header_len, self.infos, self.metadata = read_header(self.path)
-        self._buf = None
+        self.header_len, self.infos, self.metadata, self._size, self._digest = _read_validated(self.path)
+        self._map = self._buf = None
+
+    def _buffer(self, name):
+        """The whole file as a read-only uint8 array, mapped on first use, verified on every use."""
+        if self._map is not None and self._map.size() != self._size:
+            now = self._map.size()
+            self._map = self._buf = None                 # views already handed out keep the old map alive
+            fail(self.path, "file_changed", f"the file is now {now} bytes, {self._size} when its header "
+                 "was read", name)
+        if self._map is None:
+            self._map = self._map_if_unchanged(name)
+            self._buf = np.frombuffer(self._map, dtype=np.uint8)
+        return self._buf
+
+    def _map_if_unchanged(self, name):
+        """Read the header again; map the file only if it is byte-for-byte the one validated."""
+        f, size = _open_regular(self.path, "safetensors file")
+        with f:
+            try:
+                n, raw = _read_raw_header(f, self.path, size)
+                same = (n, size, hashlib.sha256(raw).digest()) == (self.header_len, self._size, self._digest)
+                if same:
+                    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (CheckpointError, OSError, ValueError):
+                pass
+        fail(self.path, "file_changed", "the file changed since its header was read", name)
 
     def tensor(self, name):
         """name -> np.ndarray view in storage dtype (BF16 as uint16, F8_E4M3 as uint8)."""
-        t = self.infos[name]
+        t = self.infos.get(name)
+        if t is None:
+            fail(self.path, "missing_tensor", "not in this file", name)
         if t.dtype not in DTYPES:
             fail(self.path, "unsupported_dtype", f"dtype {t.dtype} is valid safetensors but not supported", name)
-        if os.path.getsize(self.path) != 8 + self.header_len + max((i.end for i in self.infos.values()), default=0):
-            fail(self.path, "file_changed", "the file changed size since its header was read", name)
         if t.nbytes == 0:
             return np.zeros(t.shape, DTYPES[t.dtype][0])
-        if self._buf is None:
-            self._buf = np.memmap(self.path, dtype=np.uint8, mode="r", offset=8 + self.header_len)
-        raw = self._buf[t.begin:t.end]
+        start = 8 + self.header_len
+        raw = self._buffer(name)[start + t.begin:start + t.end]
         return raw.view(DTYPES[t.dtype][0]).reshape(t.shape)
 
 
@@ -204,13 +287,14 @@ F8_E4M3_TABLE = _f8_e4m3_table()
 
 
 def to_float32(raw, dtype):  # storage array -> float32 array (exact for BF16/F16/F8)
-    """Widen a stored floating tensor to float32 (F64 is narrowed: k25ref computes in float32)."""
+    """Widen a stored floating tensor to float32 (F64 is narrowed: k25ref computes in float32). The result
+    is a new array, so caching it never keeps a mapped file's pages in use."""
     if dtype == "BF16":
         return bf16_to_f32(raw)
     if dtype == "F8_E4M3":
         return F8_E4M3_TABLE[np.asarray(raw)]
     if dtype in ("F16", "F32", "F64"):
-        return np.asarray(raw, dtype=np.float32)
+        return np.array(raw, dtype=np.float32)       # always a copy: never a view of a mapped file
     raise TypeError(f"{dtype} is not a floating dtype")
 
 
@@ -228,12 +312,21 @@ def _safe_shard_name(folder, shard):
 def read_index(folder):
     """model.safetensors.index.json -> {tensor name: shard file name} (validated, no shard opened)."""
     path = os.path.join(folder, INDEX_FILE)
+    f, size = _open_regular(path, "shard index")
+    if size > MAX_INDEX_BYTES:
+        f.close()
+        fail(path, "bad_index", f"shard index is {size} bytes, over the {MAX_INDEX_BYTES}-byte cap")
     try:
-        with open(path, "rb") as f:
-            d = json.loads(f.read().decode("utf-8"), object_pairs_hook=lambda p: _no_duplicates(p, path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(path, "bad_index", f"cannot read the shard index ({e})")
-    wm = d.get("weight_map") if isinstance(d, dict) else None
+        with f:
+            raw = f.read()                   # not read(cap + 1): that would allocate the cap up front
+        if len(raw) > MAX_INDEX_BYTES:
+            fail(path, "bad_index", f"shard index grew past the {MAX_INDEX_BYTES}-byte cap while read")
+        text = raw.decode("utf-8")
+    except OSError as e:
+        fail(path, "unreadable", f"cannot read the shard index ({e.strerror or e})")
+    except UnicodeDecodeError as e:
+        fail(path, "bad_index", f"shard index is not UTF-8 ({e.reason} at byte {e.start})")
+    wm = _json_object(path, text, "bad_index", "shard index").get("weight_map")
     if not isinstance(wm, dict) or not wm:
         fail(path, "bad_index", "index has no weight_map object")
     return {name: _safe_shard_name(folder, shard) for name, shard in wm.items()}
@@ -243,7 +336,6 @@ class Checkpoint:
     """Every tensor of a released checkpoint folder, by its original name, opened lazily.
 
     Index and shard headers are validated up front (cheap: headers only); tensor bytes are mapped on use.
-    With `index_only=True` the shards need not exist (for `k25ref inspect` on an index alone).
     """
 
     def __init__(self, folder, progress=False):
@@ -261,7 +353,7 @@ class Checkpoint:
         for shard in tqdm(shards, desc="reading shard headers", unit="shard", disable=not progress or len(shards) < 2,
                           leave=False):
             path = os.path.join(self.folder, shard)
-            if not os.path.isfile(path):
+            if not os.path.lexists(path):
                 fail(path, "missing_shard", "the index names this shard but it does not exist")
             self.files[shard] = SafetensorsFile(path)
         self._check_index_agrees()
@@ -297,7 +389,7 @@ class Checkpoint:
         return self.files[self.where[name]].infos[name]
 
     def raw(self, name):
-        """Storage-dtype view of a tensor (memmap, zero copy)."""
+        """Storage-dtype view of a tensor (of the mapped file, zero copy)."""
         if name not in self.where:
             fail(self.folder, "missing_tensor", "required by the model but not in the checkpoint", name)
         return self.files[self.where[name]].tensor(name)
@@ -307,10 +399,11 @@ class Checkpoint:
 
     def float32(self, name, shape=None):
         """A floating tensor widened exactly to float32, shape-checked against what the model expects."""
-        info = self.info(name) if name in self.where else None
-        raw = self.raw(name)
-        if shape is not None and tuple(raw.shape) != tuple(shape):
-            fail(self.file_of(name), "wrong_shape", f"shape {list(raw.shape)}, expected {list(shape)}", name)
+        if name not in self.where:
+            fail(self.folder, "missing_tensor", "required by the model but not in the checkpoint", name)
+        info = self.info(name)
         if info.dtype not in ("BF16", "F16", "F32", "F64", "F8_E4M3"):
             fail(self.file_of(name), "wrong_dtype", f"dtype {info.dtype} where a floating tensor is expected", name)
-        return to_float32(raw, info.dtype)
+        if shape is not None and tuple(info.shape) != tuple(shape):
+            fail(self.file_of(name), "wrong_shape", f"shape {list(info.shape)}, expected {list(shape)}", name)
+        return to_float32(self.raw(name), info.dtype)

@@ -200,6 +200,8 @@ class TextConfig:
                   "n_shared_experts", "n_group", "topk_group", "rms_norm_eps")
         _require(self.q_lora_rank is None or self.q_lora_rank > 0, "TextConfig.q_lora_rank must be > 0 or null")
         _require(self.qk_rope_head_dim % 2 == 0, "TextConfig.qk_rope_head_dim must be even (RoPE rotates pairs)")
+        _require(self.num_hidden_layers * self.n_routed_experts <= 2**17,
+                 "TextConfig: num_hidden_layers x n_routed_experts exceeds the 2^17 expert matrices k25ref supports")
         _require(0 <= self.first_k_dense_replace <= self.num_hidden_layers,
                  "TextConfig.first_k_dense_replace must be in [0, num_hidden_layers]")
         if self.has_moe:
@@ -373,8 +375,8 @@ def load_config(path):
         raise ConfigError(f"{p}: cannot read config ({e.strerror or e})") from None
     try:
         d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: not valid UTF-8 JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:   # ValueError: bad JSON, 5000-digit ints
+        raise ConfigError(f"{p}: not valid UTF-8 JSON ({str(e)[:200]})") from None
     try:
         return from_hf(d)
     except ConfigError as e:

@@ -92,6 +92,7 @@ def project(x, w: MLAWeights, cfg: TextConfig, cos, sin):  # (T, D) -> (T,H,Dn),
 
 def causal_mask(T, S):  # -> (T, S) float32: 0 where visible, -inf in the future
     """New token t sits at position S-T+t and sees positions 0..S-T+t. Every row sees >= 1 position."""
+    assert S >= T, f"{T} new tokens but only {S} positions: a row would see nothing"
     visible = np.arange(S)[None, :] <= (S - T + np.arange(T))[:, None]        # (T, S)
     return np.where(visible, np.float32(0), np.float32(-np.inf))
 

@@ -4,22 +4,21 @@ bytes by dtype, quantization, shards, cache bytes per token, and the bytes a dec
 Works on a full checkpoint and on `config.json` + `model.safetensors.index.json` without shards (then the
 sizes come from the config's expected shapes, which the real index lists one for one).
 """
-import json
 import os
 from collections import Counter
 
-from k25ref.checkpoint import DTYPES, INDEX_FILE, Checkpoint
+from k25ref.checkpoint import DTYPES, INDEX_FILE, KNOWN_UNSUPPORTED, Checkpoint, read_index
 from k25ref.config import KimiK25Config, load_config
-from k25ref.weights import expected_tensors, problems
+from k25ref.weights import expected_tensors, int4_problems, problems
 
-BYTES = {name: size for name, (_, size) in DTYPES.items()}
+BITS = {**{name: 8 * size for name, (_, size) in DTYPES.items()}, **KNOWN_UNSUPPORTED}
 
 
 def _stored_size(name, dtype, shape):
     n = 1
     for d in shape:
         n *= d
-    return n * BYTES[dtype]
+    return n * BITS[dtype] // 8
 
 
 def _params(name, shape, cfg):
@@ -54,16 +53,15 @@ def summarize(path):
     """A dict describing the checkpoint at `path` (folder with config.json and index or shards)."""
     cfg = load_config(path)
     expected = expected_tensors(cfg)
-    has_shards = os.path.exists(os.path.join(path, INDEX_FILE)) and all(
-        os.path.exists(os.path.join(path, s)) for s in set(json.load(open(os.path.join(path, INDEX_FILE),
-                                                                        encoding="utf-8"))["weight_map"].values()))
-    if has_shards or not os.path.exists(os.path.join(path, INDEX_FILE)):
+    index = read_index(path) if os.path.exists(os.path.join(path, INDEX_FILE)) else None
+    has_shards = index is None or any(os.path.lexists(os.path.join(path, s)) for s in set(index.values()))
+    if has_shards:
         ckpt = Checkpoint(path)
-        issues = [f"{p}: {t!r}: {d} [{c}]" if t else f"{p}: {d} [{c}]" for p, c, d, t in problems(ckpt, cfg)]
+        found = list(problems(ckpt, cfg)) or list(int4_problems(ckpt, cfg))
+        issues = [f"{p}: {t!r}: {d} [{c}]" if t else f"{p}: {d} [{c}]" for p, c, d, t in found]
         tensors = {n: (ckpt.info(n).dtype, ckpt.info(n).shape) for n in ckpt.names()}
         shards = len(ckpt.files)
     else:
-        index = json.load(open(os.path.join(path, INDEX_FILE), encoding="utf-8"))["weight_map"]
         missing = [n for n in expected if n not in index]
         issues = [f"index lacks {n!r}" for n in missing[:5]] + [f"index has unexpected {n!r}" for n in index
                                                                  if n not in expected][:5]
@@ -86,7 +84,7 @@ def _totals(cfg, tensors, shards, issues, has_shards):
                 active_bytes += size
     if embed in tensors:                        # decoding reads one embedding row, not the table
         dtype, shape = tensors[embed]
-        active_bytes += shape[1] * BYTES[dtype]
+        active_bytes += shape[1] * BITS[dtype] // 8
     latent, plain = cache_bytes_per_token(cfg)
     t = cfg.text
     return {"text_layers": t.num_hidden_layers, "dense_layers": t.first_k_dense_replace,

@@ -147,6 +147,19 @@ def problems(ckpt, cfg: KimiK25Config):
             yield (ckpt.file_of(name), "unexpected_tensor", "not part of the model config.json describes", name)
 
 
+def int4_problems(ckpt, cfg: KimiK25Config):
+    """Yield (path, code, detail, tensor) for every INT4 weight_shape whose values disagree with the config.
+    Reads 8 bytes per INT4 matrix: for `inspect`; loading checks each expert when it is first used."""
+    expected = expected_tensors(cfg)
+    for name in expected:
+        if name.endswith("weight_shape") and name in ckpt:
+            prefix = name[: -len("weight_shape")]
+            want = [expected[f"{prefix}weight_packed"][1][0], expected[f"{prefix}weight_scale"][1][1] * cfg.quant.group_size]
+            got = np.asarray(ckpt.raw(name)).tolist()
+            if got != want:
+                yield (ckpt.file_of(name), "int4_shape", f"weight_shape {got} but config needs {want}", name)
+
+
 # ----------------------------------------------------------------------------
 # typed access through the budgeted cache
 
