@@ -189,11 +189,12 @@ def _media_parts(images, videos):
 
 def format_stats(model, seconds, tokens):
     """Lines of weight-streaming counters: bytes read, I/O vs compute time, cache and per-layer expert hits."""
+    from k25ref.summary import human
     s, c = model.stats.snapshot(), model.cache
-    lines = [f"read {s['bytes_read'] / 2**20:.1f} MiB in {s['reads']} reads ({s['bytes_read'] / 2**20 / tokens:.1f} "
-             f"MiB/token), I/O {s['io_seconds']:.2f} s of {seconds:.2f} s",
-             f"weight cache: {c.hits} hits, {c.misses} misses, {c.bytes / 2**20:.1f} MiB held"
-             + (f" of a {c.budget / 2**20:.0f} MiB budget" if c.budget else "")]
+    lines = [f"read {human(s['bytes_read'])}B in {s['reads']} reads ({human(s['bytes_read'] / tokens)}B/token), "
+             f"I/O {s['io_seconds']:.2f} s of {seconds:.2f} s",
+             f"weight cache: {c.hits} hits, {c.misses} misses, {human(c.bytes)}B held"
+             + (f" of a {human(c.budget)}B budget" if c.budget else "")]
     for layer in sorted(set(s["expert_hits"]) | set(s["expert_misses"])):
         h, m = s["expert_hits"].get(layer, 0), s["expert_misses"].get(layer, 0)
         lines.append(f"  layer {layer:>3} experts: {h} hits / {h + m} uses ({h / (h + m):.0%})")
