@@ -123,12 +123,15 @@ class TextStream:
 @click.option("--raw", is_flag=True, help="No chat template: continue PROMPT as plain text.")
 @click.option("--stats", is_flag=True, help="Print weight-cache and I/O counters after generating.")
 @click.option("--max-memory", default=None, help="Budget for cached weights, e.g. 4GB (default: no limit).")
+@click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
+              help="numba: the compiled kernels (fast; the first run compiles for ~15 s, then cached); numpy: the "
+                   "plain reference. Both give the same tokens.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
               help="A video (mp4/webm need the 'video' extra; GIF works as is), sampled at 2 fps in 4-frame chunks.")
 def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory,
-             images, videos):
+             backend, images, videos):
     """Stream a reply to PROMPT ('-' reads stdin; default 'ROMEO:').
 
     Speeds and peak memory go to stderr, the text to stdout, so `k25ref generate ... > out.txt` keeps
@@ -154,7 +157,8 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
     out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
     first, n = None, 0
-    for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed, **kw):
+    for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
+                                backend=backend, **kw):
         first = first or time.perf_counter()
         out.write(token)
         n += 1
@@ -230,7 +234,7 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         history.append({"role": "user", "content": line})
         ids = tok.apply_chat_template(history, thinking=think)
-        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed))
+        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
         text = ("<think>" if think else "<think></think>") + tok.decode(new)
         reply = parse_output(text)
         if reply.reasoning and show_thinking:
@@ -299,6 +303,27 @@ def inspect_image(path, plot):
     info = media.plot_patch_grid(path, plot) if plot else media.describe_image(path)
     for key, value in info.items():
         click.echo(f"{key:14} {value}")
+
+
+@main.command()
+def warmup():
+    """Compile every Numba kernel now (or load it from the cache), so generation starts at once."""
+    from k25ref.kernels import warmup as compile_all
+    for name, seconds in compile_all().items():
+        click.echo(f"{name:18} {seconds:.2f} s")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def bench(ctx):
+    """Speed side by side with transformers (runs tools/bench.py from a repository checkout; its --help lists
+    the options: --configs, --threads, --json, --markdown, ...)."""
+    import runpy
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench.py")
+    if not os.path.exists(path):
+        raise K25RefError(f"{path} not found: `k25ref bench` runs from a checkout of the repository")
+    sys.argv = [path, *ctx.args]
+    runpy.run_path(path, run_name="__main__")
 
 
 from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own command group)

@@ -12,7 +12,7 @@ import numpy as np
 
 from k25ref.config import TextConfig
 from k25ref.mla import LatentCache, mla
-from k25ref.moe import moe, route
+from k25ref.moe import expert_ffn, moe, route
 from k25ref.nn import rms_norm, swiglu
 from k25ref.rope import cos_sin, inv_frequencies, softmax_scale
 from k25ref.weights import TEXT, Weights, layer_prefix
@@ -34,40 +34,70 @@ def new_cache(cfg: TextConfig):
     return [LatentCache(cfg.kv_lora_rank, cfg.qk_rope_head_dim) for _ in range(cfg.num_hidden_layers)]
 
 
-def ffn(i, x, W: Weights, cfg: TextConfig, capture=None):  # (T, D) -> (T, D)
+def routed_experts(i, x, idx, g, W: Weights, backend):  # (T, D), (T, A), (T, A) -> (T, D)
+    """The one place that picks the routed experts' code: the NumPy reference or the packed-INT4 kernel.
+    Either way the chosen experts come through the budgeted cache (read concurrently when streaming)."""
+    used = np.unique(idx)
+    W.load_experts(i, used)                                                   # read what was chosen, at once
+    if backend == "numba" and W.cfg.quant is not None:
+        from k25ref.kernels.moe_experts import moe_experts, stack_experts
+        return moe_experts(x, np.searchsorted(used, idx), g, stack_experts([W.expert(i, int(e)) for e in used]))
+    return moe(x, idx, g, lambda e: W.expert(i, e), None)
+
+
+def attend_fn(absorbed, backend):
+    """The one place that picks MLA attention: None (mla() chooses naive/absorbed) or the latent-space kernel."""
+    if backend == "numba" and absorbed:
+        from k25ref.kernels.mla_decode import attend_absorbed
+        return attend_absorbed
+    return None
+
+
+def head(h, W: Weights, backend):  # (T, D) -> (T, V)
+    """The one place that picks the output head: the float32 reference, or the bf16 kernel on the stored head."""
+    if backend == "numba":
+        raw, dtype = W.stored_head()
+        if dtype == "BF16":
+            from k25ref.kernels.bf16_matvec import bf16_matmul
+            return bf16_matmul(raw, h)
+    return W.logits(h)
+
+
+def ffn(i, x, W: Weights, cfg: TextConfig, capture=None, backend="numpy"):  # (T, D) -> (T, D)
     """The feed-forward half of layer i: dense SwiGLU, or routed experts + shared expert."""
     p = layer_prefix(i)
     if not cfg.is_moe_layer(i):
         return swiglu(x, *W.mlp(f"{p}mlp."))
     idx, g = route(x, *W.router(i), cfg)                                      # (T, A), (T, A)
-    W.load_experts(i, np.unique(idx))                                         # read what was chosen, at once
     if capture is not None:
         capture[f"layers.{i}.router_indices"], capture[f"layers.{i}.router_weights"] = idx, g
-    return moe(x, idx, g, lambda e: W.expert(i, e), W.mlp(f"{p}mlp.shared_experts."))
+    return routed_experts(i, x, idx, g, W, backend) + expert_ffn(x, *W.mlp(f"{p}mlp.shared_experts."))
 
 
-def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=None, absorbed=False):  # (T, D) -> (T, D)
+def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=None, absorbed=False,
+          backend="numpy"):  # (T, D) -> (T, D)
     """One pre-norm decoder layer."""
     p = layer_prefix(i)
     a = mla(rms_norm(h, W.f32(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i), cfg,
-            cos, sin, scale, cache, absorbed)                                  # (T, D)
+            cos, sin, scale, cache, absorbed, attend_fn(absorbed, backend))    # (T, D)
     h = h + a
-    m = ffn(i, rms_norm(h, W.f32(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture)
+    m = ffn(i, rms_norm(h, W.f32(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture, backend)
     if capture is not None:
         capture[f"layers.{i}.attn_out"], capture[f"layers.{i}.mlp_out"] = a, m
         capture[f"layers.{i}.hidden"] = h + m
     return h + m
 
 
-def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, absorbed=False, last_only=False):
+def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, absorbed=False, last_only=False,
+            backend="numpy"):
     """(T, D) -> (T, V): run all layers on the new tokens' embeddings (positions continue the cache), return
     logits (only the last row's, as (1, V), with last_only -- all that generation needs)."""
     T, start = h.shape[0], cache[0].length
     cos, sin = rope.at(start, T)
     for i in range(cfg.num_hidden_layers):
         W.prefetch_layer(i + 1)                                                # read ahead while layer i runs
-        h = layer(i, h, W, cfg, cos, sin, rope.scale, cache[i], capture, absorbed)
+        h = layer(i, h, W, cfg, cos, sin, rope.scale, cache[i], capture, absorbed, backend)
     h = rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
     if capture is not None:
         capture["final_norm"] = h
-    return W.logits(h[-1:] if last_only else h)                                                 # (T, V)
+    return head(h[-1:] if last_only else h, W, backend)                                                 # (T, V)

@@ -120,9 +120,10 @@ def attend_absorbed(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig
     return np.einsum("thc,hvc->thv", o_lat, wkv_b[:, Dn:]).reshape(T, H * Dv)  # (T, H*Dv)    W_UV absorbed
 
 
-def mla(x, w: MLAWeights, cfg: TextConfig, cos, sin, scale, cache: LatentCache, absorbed=False):  # (T, D) -> (T, D)
+def mla(x, w: MLAWeights, cfg: TextConfig, cos, sin, scale, cache: LatentCache, absorbed=False,
+        attend=None):  # (T, D) -> (T, D)
     """One MLA block: project the new tokens, append their latents to the cache, attend over all of it."""
     q_nope, q_rope, c_kv, k_rope = project(x, w, cfg, cos, sin)
     c_all, k_all = cache.append(c_kv, k_rope)                                  # (S, Ckv), (S, Dr)
-    attend = attend_absorbed if absorbed else attend_naive
+    attend = attend or (attend_absorbed if absorbed else attend_naive)        # or a kernel with their signature
     return _linear(attend(q_nope, q_rope, c_all, k_all, w, cfg, scale), w.o_proj, w.o_proj_bias)   # (T, D)

@@ -61,13 +61,13 @@ class Model:
                  else np.zeros((0, self.cfg.text.hidden_size), np.float32))
         return multimodal.splice(h, ids, feats, self.cfg.media_placeholder_token_id)
 
-    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None):
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy"):
         """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
         `embeds` (T, D) replaces the embedding lookup (a prompt with media: see embed_prompt)."""
         h = self.embed(input_ids) if embeds is None else embeds                # (T, D)
         if capture is not None:
             capture["embed"] = h
-        return decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, capture, absorbed, last_only)
+        return decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, capture, absorbed, last_only, backend)
 
     def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, V) float32
         """Full-sequence logits from scratch, images and video chunks included. Pass a dict as `capture` to
@@ -88,7 +88,7 @@ class Model:
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
-                 pixel_values=None, grid_thw=None, absorbed=True):
+                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy"):
         """Yield new token ids one at a time: prefill the prompt, then decode with the latent cache.
 
         temperature 0 is greedy (reproduces transformers' greedy generate); otherwise seeded sampling with
@@ -103,7 +103,7 @@ class Model:
         cache, ids = self.new_cache(), self.check_ids(input_ids)
         embeds = self.embed_prompt(ids, pixel_values, grid_thw) if max_new_tokens else None
         for _ in range(max_new_tokens):
-            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds)[-1]   # (V,)
+            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:
                 return

@@ -44,7 +44,7 @@ def moe(u, idx, weights, expert, shared):  # (T, D), (T, A), (T, A) -> (T, D)
     """Weighted sum of the chosen experts' SwiGLU outputs, plus the shared expert(s).
 
     `expert(e)` returns (gate_proj, up_proj, down_proj) of routed expert e (float32 or Int4Weight; fetched on
-    demand, so only chosen experts are ever read); `shared` is the shared experts' (gate, up, down).
+    demand, so only chosen experts are ever read); `shared` is the shared experts' (gate, up, down), or None.
     Each chosen expert runs once on the tokens that chose it.
     """
     out = np.zeros_like(u)                                                     # (T, D)
@@ -52,4 +52,4 @@ def moe(u, idx, weights, expert, shared):  # (T, D), (T, A), (T, A) -> (T, D)
         tokens, slot = np.nonzero(idx == e)                                    # who chose e, in which slot
         y = expert_ffn(u[tokens], *expert(int(e)))                             # (n_e, D)
         np.add.at(out, tokens, y * weights[tokens, slot][:, None])
-    return out + expert_ffn(u, *shared)
+    return out if shared is None else out + expert_ffn(u, *shared)

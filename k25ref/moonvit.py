@@ -217,7 +217,24 @@ class VisionBlockWeights:
 BLOCK_NAMES = {"norm0": "norm0", "wqkv": "wqkv", "wo": "wo", "norm1": "norm1", "fc0": "mlp.fc0", "fc1": "mlp.fc1"}
 
 
-def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds):  # (N, Dvis) -> (N, Dvis)
+def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) x3 -> (H, N, Dh)
+    """softmax(q k^T / sqrt(Dh)) v inside each segment; the one place that picks reference or kernel."""
+    if backend == "numba":
+        from k25ref.kernels.vision_attention import segment_attention
+        return segment_attention(q, k, val, bounds)
+    H, N, Dh = q.shape
+    out = np.empty_like(val)                                                        # (H, N, Dh)
+    for a, b in bounds:                                                             # one image / video chunk
+        kT = k[:, a:b].transpose(0, 2, 1)                                           # (H, Dh, n)
+        for r in range(a, b, QUERY_ROWS):                                           # softmax rows are independent
+            e = min(r + QUERY_ROWS, b)
+            scores = q[:, r:e] @ kT * np.float32(Dh ** -0.5)                        # (H, rows, n)
+            out[:, r:e] = softmax(scores) @ val[:, a:b]                             # (H, rows, Dh)
+    return out
+
+
+def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
+              backend="numpy"):  # (N, Dvis) -> (N, Dvis)
     """Multi-head self-attention, block-diagonal over items, RoPE-2D on q and k:
 
         o_h = softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(Dh)) v_h   within each segment        [ViT; RoFormer eq. 34]
@@ -226,20 +243,15 @@ def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds):  #
     qkv = x @ blk.wqkv_weight.T + blk.wqkv_bias                                     # (N, 3*Dvis)
     q, k, val = qkv.reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)                       # (H, N, Dh) each
     q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)  # same pair order for both
-    out = np.empty_like(val)                                                        # (H, N, Dh)
-    for a, b in bounds:                                                             # one image / video chunk
-        kT = k[:, a:b].transpose(0, 2, 1)                                           # (H, Dh, n)
-        for r in range(a, b, QUERY_ROWS):                                           # softmax rows are independent
-            e = min(r + QUERY_ROWS, b)
-            scores = q[:, r:e] @ kT * np.float32(Dh ** -0.5)                        # (H, rows, n)
-            out[:, r:e] = softmax(scores) @ val[:, a:b]                             # (H, rows, Dh)
+    out = block_diagonal_attention(q, k, val, bounds, backend)                      # (H, N, Dh)
     return out.transpose(1, 0, 2).reshape(N, H * Dh) @ blk.wo_weight.T + blk.wo_bias  # (N, Dvis)
 
 
-def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds):  # (N, Dvis) -> (N, Dvis)
+def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
+                 backend="numpy"):  # (N, Dvis) -> (N, Dvis)
     """Pre-LN transformer block [ViT eqs. 2-3]: x += Attn(LN0 x); x += fc1 gelu_tanh(fc0 LN1 x)."""
     eps = v.layer_norm_eps
-    x = x + attention(layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds)
+    x = x + attention(layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
     h = gelu_tanh(layer_norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T + blk.fc0_bias)  # (N, Fvis)
     return x + h @ blk.fc1_weight.T + blk.fc1_bias                                 # (N, Dvis)
 
@@ -248,7 +260,8 @@ def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds):
 # the tower
 
 
-def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None):  # (N, 3, P, P), (I, 3) -> (N, Dvis)
+def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
+                 backend="numpy"):  # (N, 3, P, P), (I, 3) -> (N, Dvis)
     """MoonViT over a packed batch of images and video chunks; returns the final-LayerNorm output.
 
     W is anything with `f32(name) -> float32 array` by checkpoint name (k25ref.weights.Weights).
@@ -266,7 +279,7 @@ def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None):  
     if capture is not None:
         capture["vision.embed"] = h
     for b in range(v.num_hidden_layers):
-        h = vision_block(h, VisionBlockWeights.load(W, b), v, cos, sin, bounds)     # (N, Dvis)
+        h = vision_block(h, VisionBlockWeights.load(W, b), v, cos, sin, bounds, backend)   # (N, Dvis)
         if capture is not None:
             capture[f"vision.blocks.{b}"] = h
     final = f"{TOWER}encoder.final_layernorm."

@@ -200,6 +200,12 @@ class Weights:
         return np.concatenate([h @ to_float32(self.reader.read_rows(name, a, min(a + rows, t.vocab_size)), dtype).T
                                for a in range(0, t.vocab_size, rows)], axis=1)
 
+    def stored_head(self):  # -> (V, D) as stored (uint16 bits for BF16), its dtype name
+        """The output head without widening (for the bf16 kernel: half the bytes of float32), cached."""
+        t = self.cfg.text
+        name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
+        return self.cache.get(("stored", name), lambda: self.reader.read(name)), self.ckpt.info(name).dtype
+
     def attention(self, i):
         p = f"{layer_prefix(i)}self_attn."
         names = ("kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj", "q_a_proj", "q_a_layernorm",

@@ -13,12 +13,15 @@ from k25ref.summary import summarize
 IDS = [7, 300, 21, 4000, 9, 12]
 
 
-def test_streaming_equals_eager(tiny_dir):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_streaming_equals_eager(tiny_dir, backend):
     eager = k25ref.load_model(tiny_dir)
+    want = list(eager.generate(IDS, 6, stop_ids=()))
     for budget in (1, 64 * 1024, 300 * 1024):               # from "keep nothing" to a few layers
         small = k25ref.load_model(tiny_dir, memory_budget=budget)
         assert np.allclose(small.logits(IDS), eager.logits(IDS), rtol=1e-6, atol=1e-6)
-        assert list(small.generate(IDS, 6, stop_ids=())) == list(eager.generate(IDS, 6, stop_ids=()))
+        assert list(small.generate(IDS, 6, stop_ids=(), backend=backend)) == want
+        assert small.cache.bytes <= budget
 
 
 def test_budget_is_never_exceeded(tiny_dir):

@@ -1,0 +1,71 @@
+"""How k25ref compiles its hot loops. The only module of the package that imports numba.
+
+Each kernel lives in `k25ref/kernels/<name>.py` beside the NumPy function it speeds up (the spec and the
+test oracle), as three tiers (docs/kernels.md):
+
+    reference   a NumPy function in the concept module        k25ref.int4.dequantize(w) @ x
+    loop body   an undecorated Python function                _int4_matmul_loops   (runs as plain Python)
+    kernel      the loop body compiled here by `jit`          int4_matmul_numba
+
+Policy, in one place:
+- fast-math without "nnan"/"ninf", so -inf masks and isinf/isnan stay meaningful (fastmath=True made
+  np.isinf(-inf) return False); reassociation changes summation order, so kernels match their references
+  to rtol ~1e-5, not bit for bit.
+- compiled code is cached on disk (`__pycache__` beside this package, or NUMBA_CACHE_DIR);
+  K25REF_NUMBA_CACHE=0 switches caching off (read-only installs, stale caches).
+- threads follow NUMBA_NUM_THREADS (numba's own variable; default: all cores). Calls with little work run
+  on one thread (`launch`): waking the others costs more than it saves, and on a busy machine a parallel
+  region waits for its slowest, possibly descheduled, thread (milliseconds).
+- NUMBA_DISABLE_JIT=1 runs every loop body as Python: slow, but with real tracebacks.
+"""
+import os
+import time
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+CACHE = os.environ.get("K25REF_NUMBA_CACHE", "1") != "0"
+PARALLEL_MIN_WORK = 1 << 22         # multiply-adds below which a call runs on one thread
+
+try:
+    import numba
+    prange, HAVE_NUMBA = numba.prange, True
+except ImportError:                     # the NumPy references still run everywhere
+    numba, prange, HAVE_NUMBA = None, range, False
+
+
+def jit(fn, *, parallel=False):
+    """Compile `fn` with numba if we have it (lazily, at first call); otherwise hand it back unchanged."""
+    if not HAVE_NUMBA:
+        return fn
+    return numba.njit(fn, parallel=parallel, cache=CACHE, fastmath=FASTMATH)
+
+
+def launch(kernel, work, *args):
+    """kernel(*args) on all of numba's threads, or on one when `work` (multiply-adds) is below PARALLEL_MIN_WORK."""
+    if work >= PARALLEL_MIN_WORK or not compiled() or numba.get_num_threads() == 1:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def compiled():
+    """True when kernels run as machine code (numba present and NUMBA_DISABLE_JIT not set)."""
+    return HAVE_NUMBA and not numba.config.DISABLE_JIT
+
+
+def warmup():
+    """Compile (or load from the cache) every kernel by calling each once on tiny inputs.
+
+    Returns {kernel name: seconds}: the first-call cost a later run no longer pays.
+    """
+    from k25ref.kernels import bf16_matvec, int4_matvec, mla_decode, moe_experts, vision_attention
+    seconds = {}
+    for module in (int4_matvec, bf16_matvec, mla_decode, moe_experts, vision_attention):
+        for name, call in module.warmup_calls():
+            t0 = time.perf_counter()
+            call()
+            seconds[name] = time.perf_counter() - t0
+    return seconds

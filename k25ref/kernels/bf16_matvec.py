@@ -1,0 +1,51 @@
+"""BF16 matrix-vector product for the dense weights that decoding reads in full (the output head first):
+y = x W^T with W kept as stored, two bytes per weight.
+
+Reference (the spec): x @ k25ref.checkpoint.bf16_to_f32(raw).T   -- NumPy; needs W widened to float32
+This kernel:          widens each weight in registers (bf16 is the top half of a float32, so widening is a
+                      16-bit shift and exact) and multiply-accumulates in float32: the same products as the
+                      reference, from half the bytes. Parallel over blocks of output rows.
+
+Why: after the routed experts, the head is decoding's largest cost (V x D floats read per token: 128 MiB
+for V = 32768, D = 1024); memory traffic, not arithmetic, bounds it.
+Checked by tests/test_kernels.py::test_bf16_matmul_matches_reference (also with NUMBA_DISABLE_JIT=1).
+"""
+import numpy as np
+
+from k25ref.kernels import jit, launch, prange
+
+ROWS_PER_TASK = 64
+
+
+def _bf16_widen_loops(b):  # uint16 -> float32, exact
+    return np.uint32(np.uint32(b) << np.uint32(16)).view(np.float32)
+
+
+bf16_widen_numba = jit(_bf16_widen_loops)
+
+
+def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T, O) float32
+    O, I = raw.shape
+    T = x.shape[0]
+    for task in prange((O + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for o in range(task * ROWS_PER_TASK, min(O, (task + 1) * ROWS_PER_TASK)):
+            for t in range(T):
+                acc = np.float32(0.0)
+                for i in range(I):
+                    acc += bf16_widen_numba(raw[o, i]) * x[t, i]
+                out[t, o] = acc
+
+
+bf16_matmul_numba = jit(_bf16_matmul_loops, parallel=True)
+
+
+def bf16_matmul(raw, x):  # (O, I) uint16 (stored bf16), (T, I) -> (T, O) float32
+    """y = x W^T for a bf16 matrix in its stored form; the kernel twin of `x @ bf16_to_f32(raw).T`."""
+    raw = np.ascontiguousarray(raw, np.uint16)
+    out = np.empty((x.shape[0], raw.shape[0]), np.float32)
+    launch(bf16_matmul_numba, out.size * raw.shape[1], raw, np.ascontiguousarray(x, np.float32), out)
+    return out
+
+
+def warmup_calls():
+    yield "bf16_matmul", lambda: bf16_matmul(np.ones((4, 8), np.uint16), np.ones((1, 8), np.float32))

@@ -1,0 +1,229 @@
+"""Every Numba kernel equals the NumPy reference it speeds up.
+
+Each test runs the compiled kernel and its undecorated loop body (plain Python). CI runs this file twice:
+`pytest` (kernels compiled) and `NUMBA_DISABLE_JIT=1 pytest -m kernels` (everything as Python), so shapes
+stay small. Tolerances are rtol ~1e-5 of the output's scale: the kernels accumulate in float32 in another
+order than NumPy/BLAS (fast-math reassociation), nothing else may differ.
+"""
+import numba
+import numpy as np
+import pytest
+
+from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
+from k25ref.config import from_hf
+from k25ref.errors import ConfigError
+from k25ref.int4 import dequantize, quantize
+from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, launch, warmup
+from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
+from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, bf16_round_numba,
+                                        dequantize_row_numba, int4_matmul, int4_matmul_numba, split_nibbles)
+from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
+from k25ref.kernels.moe_experts import (stack_experts, _group_by_expert_loops, _moe_experts_loops,
+                                        moe_experts, moe_experts_numba)
+from k25ref.kernels.vision_attention import _segment_attention_loops, segment_attention, segment_attention_numba
+from k25ref.make_tiny import preset
+from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref
+from k25ref.moe import moe
+from k25ref.moonvit import VisionBlockWeights, attention, rope_2d, segments
+from k25ref.rope import apply_rope_interleaved
+from conftest import check_close
+
+pytestmark = pytest.mark.kernels
+
+
+def close(out, ref, label, rtol=1e-5):
+    """|out - ref| <= rtol * max|ref| everywhere (float64 reference)."""
+    check_close(out, ref, atol=rtol * float(np.abs(ref).max()), label=label)
+
+
+# ----------------------------------------------------------------------------
+# INT4 matvec
+
+
+def test_bf16_round_is_checkpoints_rounding(rng):
+    v = np.concatenate([rng.standard_normal(200).astype(np.float32),
+                        np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3 * 0.0078125 * 7, 0.0, -0.0],
+                                 np.float32)])                                     # ties go to even
+    want = bf16_to_f32(f32_to_bf16(v))
+    for fn in (bf16_round_numba, _bf16_round_loops):
+        got = np.array([fn(np.float32(x)) for x in v], np.float32)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("G", [8, 32])
+def test_dequantized_rows_are_int4_dequantize_exactly(rng, G):
+    """Row buffers hold bit-for-bit the reference weights, in nibble-split order."""
+    w = quantize(rng.standard_normal((3, 64), dtype=np.float32), G)
+    ref = split_nibbles(dequantize(w))                                            # (3, 64)
+    buf, s_w = np.empty(64, np.float32), np.empty(8, np.float32)
+    for o in range(3):
+        dequantize_row_numba(w.packed[o], w.scale[o], s_w, buf)
+        assert np.array_equal(buf, ref[o])
+
+
+@pytest.mark.parametrize("O, I, T, G", [(8, 32, 1, 32), (24, 64, 3, 32), (5, 96, 2, 8), (40, 64, 17, 16)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_int4_matmul_matches_reference(rng, O, I, T, G, body):
+    w = quantize(rng.standard_normal((O, I), dtype=np.float32), G)
+    x = rng.standard_normal((T, I), dtype=np.float32)
+    ref = x.astype(np.float64) @ dequantize(w).astype(np.float64).T               # (T, O)
+    if body == "kernel":
+        out = int4_matmul(w, x)
+    else:
+        out = np.empty((T, O), np.float32)
+        _int4_matmul_loops(w.packed, w.scale, split_nibbles(x), out)
+    close(out, ref, f"int4 matmul {O}x{I}, T={T}, G={G}")
+    assert out.dtype == np.float32
+
+
+def test_int4_matmul_rejects_partial_words(rng):
+    w = quantize(rng.standard_normal((4, 36), dtype=np.float32), 4)
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        int4_matmul(w, np.ones((1, 36), np.float32))
+
+
+# ----------------------------------------------------------------------------
+# BF16 matvec
+
+
+@pytest.mark.parametrize("O, I, T", [(1, 8, 1), (70, 48, 1), (9, 33, 4)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_bf16_matmul_matches_reference(rng, O, I, T, body):
+    raw = f32_to_bf16(rng.standard_normal((O, I), dtype=np.float32))             # (O, I) stored bf16
+    x = rng.standard_normal((T, I), dtype=np.float32)
+    ref = x.astype(np.float64) @ bf16_to_f32(raw).astype(np.float64).T            # (T, O)
+    if body == "kernel":
+        out = bf16_matmul(raw, x)
+    else:
+        out = np.empty((T, O), np.float32)
+        _bf16_matmul_loops(raw, x, out)
+    close(out, ref, f"bf16 matmul {O}x{I}, T={T}")
+
+
+# ----------------------------------------------------------------------------
+# MoE dispatch
+
+
+def _experts(rng, E, D, F, G=32):
+    return [tuple(quantize(rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[1])), G)
+                  for s in ((F, D), (F, D), (D, F))) for _ in range(E)]
+
+
+def test_group_by_expert_is_a_stable_counting_sort():
+    idx = np.array([[2, 0], [0, 1], [2, 1]])
+    start, order = np.empty(4, np.int64), np.empty(6, np.int64)
+    _group_by_expert_loops(idx, 3, start, order)
+    assert start.tolist() == [0, 2, 4, 6]
+    assert order.tolist() == [1, 2, 3, 5, 0, 4]                 # pair t*A+a, grouped by expert, tokens in order
+
+
+# decode; experts shared by tokens; A = E; several 4-token passes with a tail
+@pytest.mark.parametrize("T, E, A", [(1, 4, 2), (5, 6, 3), (3, 4, 4), (19, 4, 2)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_moe_experts_matches_reference(rng, T, E, A, body):
+    D, F = 64, 32
+    ws = _experts(rng, E, D, F)
+    u = rng.standard_normal((T, D), dtype=np.float32)
+    idx = np.stack([rng.choice(E, A, replace=False) for _ in range(T)])
+    g = rng.random((T, A), dtype=np.float32)
+    no_shared = (np.zeros((1, D), np.float32), np.zeros((1, D), np.float32), np.zeros((D, 1), np.float32))
+    ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
+              lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
+    used = np.unique(idx)
+    stacked = stack_experts([ws[e] for e in used])                # only the chosen experts, as the decoder does
+    rows = np.searchsorted(used, idx)
+    if body == "kernel":
+        out = moe_experts(u, rows, g, stacked)
+    else:
+        out = np.empty((T, D), np.float32)
+        _moe_experts_loops(u, rows, g, *stacked, out)
+    close(out, ref, f"moe T={T} E={E} A={A}")
+
+
+# ----------------------------------------------------------------------------
+# MLA decode
+
+
+def _mla_case(rng, T, S):
+    cfg = from_hf(preset("tiny")).text
+    H, Dn, Dr, Dv, Ckv = (cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                          cfg.kv_lora_rank)
+    r = lambda *s: rng.standard_normal(s, dtype=np.float32)                        # noqa: E731
+    w = MLAWeights(kv_a_proj_with_mqa=r(Ckv + Dr, 8), kv_a_layernorm=r(Ckv), kv_b_proj=r(H * (Dn + Dv), Ckv) / 4,
+                   o_proj=r(8, H * Dv))
+    return cfg, w, (r(T, H, Dn), r(T, H, Dr), r(S, Ckv), r(S, Dr))
+
+
+@pytest.mark.parametrize("T, S", [(1, 1), (1, 9), (3, 3), (4, 11)])               # decode, S = 1, prefill, continue
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_mla_absorbed_matches_reference(rng, T, S, body):
+    cfg, w, (q_nope, q_rope, c_kv, k_rope) = _mla_case(rng, T, S)
+    scale = 0.3
+    ref = attend_absorbed_ref(*(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, scale)
+    if body == "kernel":
+        out = attend_absorbed(q_nope, q_rope, c_kv, k_rope, w, cfg, scale)
+    else:
+        H, Dn = cfg.num_attention_heads, cfg.qk_nope_head_dim
+        out = np.empty((T, H * cfg.v_head_dim), np.float32)
+        _mla_absorbed_loops(q_nope, q_rope, c_kv, k_rope, w.kv_b_proj.reshape(H, Dn + cfg.v_head_dim, -1),
+                            np.float32(scale), out)
+    close(out, ref, f"mla absorbed T={T} S={S}")
+
+
+# ----------------------------------------------------------------------------
+# vision block-diagonal attention
+
+
+@pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_segment_attention_matches_reference(rng, grid, body):
+    """moonvit.attention with its segment loop replaced by the kernel gives moonvit.attention's output."""
+    v = from_hf(preset("tiny")).vision
+    D, H, Dh = v.hidden_size, v.num_attention_heads, v.head_dim
+    blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
+        (D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,), (v.intermediate_size, D),
+        (v.intermediate_size,), (D, v.intermediate_size), (D,))))
+    N = sum(t * h * w for t, h, w in grid)
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    rope = [rope_2d(g, Dh, v.rope_theta) for g in grid]
+    cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
+    bounds = segments(grid)
+    ref = attention(x.astype(np.float64), blk, v, cos, sin, bounds)
+    q, k, val = (x @ blk.wqkv_weight.T + blk.wqkv_bias).reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)
+    q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
+    if body == "kernel":
+        o = segment_attention(q, k, val, bounds)
+    else:
+        o = np.empty((H, N, Dh), np.float32)
+        seg = np.repeat(np.arange(len(bounds)), [b - a for a, b in bounds])
+        _segment_attention_loops(*(np.ascontiguousarray(a) for a in (q, k, val)), seg, np.array(bounds),
+                                 np.float32(Dh ** -0.5), o)
+    out = o.transpose(1, 0, 2).reshape(N, D) @ blk.wo_weight.T + blk.wo_bias
+    close(out, ref, f"segment attention {grid}")
+
+
+# ----------------------------------------------------------------------------
+# policy
+
+
+def test_warmup_compiles_every_kernel():
+    names = set(warmup())
+    assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "segment_attention"}
+    for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, moe_experts_numba,
+                   segment_attention_numba):
+        if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
+            assert kernel.targetoptions["fastmath"] == FASTMATH
+            assert kernel.signatures, f"{kernel} was not compiled by warmup()"
+
+
+def test_launch_runs_small_work_on_one_thread_and_restores_the_count():
+    seen = []
+    kernel = lambda: seen.append(numba.get_num_threads() if compiled() else 1)      # noqa: E731
+    before = numba.get_num_threads()
+    launch(kernel, PARALLEL_MIN_WORK - 1)
+    launch(kernel, PARALLEL_MIN_WORK)
+    assert seen == [1, before if compiled() else 1] and numba.get_num_threads() == before
+
+
+def test_fastmath_keeps_inf_checks():
+    assert "nnan" not in FASTMATH and "ninf" not in FASTMATH and FASTMATH != {"fast"}
