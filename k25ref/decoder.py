@@ -55,12 +55,11 @@ def attend_fn(absorbed, backend):
 
 def head(h, W: Weights, backend):  # (T, D) -> (T, V)
     """The one place that picks the output head: the float32 reference, or the bf16 kernel on the stored head."""
-    if backend == "numba":
-        raw, dtype = W.stored_head()
-        if dtype == "BF16":
-            from k25ref.kernels.bf16_matvec import bf16_matmul
-            return bf16_matmul(raw, h)
-    return W.logits(h)
+    stored = backend == "numba" and W.head_dtype() == "BF16"
+    if stored:
+        from k25ref.kernels.bf16_matvec import bf16_matmul
+    return np.concatenate([bf16_matmul(block, h) if stored else h @ block.T           # (T, rows)
+                           for block in W.head_blocks(stored)], axis=1)
 
 
 def ffn(i, x, W: Weights, cfg: TextConfig, capture=None, backend="numpy"):  # (T, D) -> (T, D)

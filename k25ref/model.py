@@ -23,7 +23,10 @@ class Model:
 
     def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
-        self.cache, self.stats = WeightCache(memory_budget), IOStats()
+        # three quarters of the budget hold cached weights; the rest is the working set: activations, a weight
+        # being read and converted, the next layer being prefetched, the chosen experts stacked for a kernel
+        self.cache = WeightCache(None if memory_budget is None else memory_budget * 3 // 4)
+        self.stats = IOStats()
         prefetcher = Prefetcher() if memory_budget is not None else None
         self.weights = Weights(ckpt, cfg, self.cache, Reader(ckpt, self.stats), prefetcher)
         self.rope = decoder.Rope(cfg.text)
@@ -119,7 +122,8 @@ def default_model_path():
 def load_model(path, memory_budget=None, progress=False):
     """Open a released-layout checkpoint folder (config.json + safetensors shards) -> Model.
 
-    memory_budget: bytes of converted weights to keep cached (None: keep everything).
+    memory_budget: bytes the model may hold (None: keep every weight it reads). Three quarters go to cached
+        weights, the rest to the working set; nothing is read before it is needed either way.
     progress: show a progress bar while shard headers are read and checked.
     """
     cfg = load_config(path)

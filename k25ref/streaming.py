@@ -113,7 +113,9 @@ class WeightCache:
         with self.lock:
             return key in self.items
 
-    def get(self, key, load):
+    def get(self, key, load, size=None):
+        """The cached value of key, or load() it. `size` (bytes, if known) makes room before loading, so the
+        new value and a full cache never coexist."""
         with self.lock:
             if key in self.items:
                 self.hits += 1
@@ -124,6 +126,8 @@ class WeightCache:
                 future, owner = Future(), True
                 self.loading[key] = future
                 self.misses += 1
+                if size is not None and self.budget is not None:
+                    self._evict(self.budget - min(size, self.budget))
         if not owner:
             return future.result()
         try:
@@ -146,9 +150,14 @@ class WeightCache:
                 return                                  # used once, never kept
             self.items[key] = value
             self.bytes += size
-            while self.budget is not None and self.bytes > self.budget:
-                _, old = self.items.popitem(last=False)
-                self.bytes -= _size(old)
+            if self.budget is not None:
+                self._evict(self.budget)
+
+    def _evict(self, limit):
+        """Drop least recently used values until at most `limit` bytes are held (call with the lock)."""
+        while self.items and self.bytes > limit:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= _size(old)
 
 
 class Prefetcher:

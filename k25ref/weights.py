@@ -11,7 +11,7 @@ k25ref/streaming.py.
 """
 import numpy as np
 
-from k25ref.checkpoint import fail, to_float32
+from k25ref.checkpoint import DTYPES, fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight, dequantize
 from k25ref.mla import MLAWeights
@@ -178,7 +178,9 @@ class Weights:
 
     def f32(self, name):
         """One floating tensor, widened exactly to float32 (cached)."""
-        return self.cache.get(name, lambda: to_float32(self.reader.read(name), self.ckpt.info(name).dtype))
+        info = self.ckpt.info(name)
+        return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype),
+                              4 * info.nbytes // DTYPES[info.dtype][1])
 
     def optional(self, name):
         return self.f32(name) if name in self.expected else None
@@ -188,23 +190,24 @@ class Weights:
         dtype = self.ckpt.info(name).dtype
         return np.concatenate([to_float32(self.reader.read_rows(name, i, i + 1), dtype) for i in ids])
 
-    def logits(self, h):  # (T, D) -> (T, V)
-        """h @ lm_head^T. When the float32 head would take over a quarter of the budget it is streamed in
-        row blocks instead of cached (K2.5's head is 4.7 GB in float32)."""
+    def head_blocks(self, stored):  # -> iterator of (rows, D) blocks of the output head, top to bottom
+        """The lm_head as float32 (or as stored, for the bf16 kernel). Cached whole when it takes at most a
+        quarter of the budget; otherwise read in row blocks on every call (K2.5's head is 2.35 GB as bf16)."""
         t = self.cfg.text
         name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
-        f32_bytes = t.vocab_size * t.hidden_size * 4
-        if self.cache.budget is None or f32_bytes <= self.cache.budget // 4:
-            return h @ self.f32(name).T
-        dtype, rows = self.ckpt.info(name).dtype, max(1, (self.cache.budget // 16) // (t.hidden_size * 4))
-        return np.concatenate([h @ to_float32(self.reader.read_rows(name, a, min(a + rows, t.vocab_size)), dtype).T
-                               for a in range(0, t.vocab_size, rows)], axis=1)
+        dtype, V = self.ckpt.info(name).dtype, t.vocab_size
+        size = self.ckpt.info(name).nbytes if stored else V * t.hidden_size * 4
+        convert = (lambda raw: raw) if stored else (lambda raw: to_float32(raw, dtype))
+        if self.cache.budget is None or size <= self.cache.budget // 4:
+            yield self.cache.get((name, stored), lambda: convert(self.reader.read(name)), size)
+            return
+        rows = max(1, (self.cache.budget // 16) // (size // V))
+        for a in range(0, V, rows):
+            yield convert(self.reader.read_rows(name, a, min(a + rows, V)))
 
-    def stored_head(self):  # -> (V, D) as stored (uint16 bits for BF16), its dtype name
-        """The output head without widening (for the bf16 kernel: half the bytes of float32), cached."""
+    def head_dtype(self):
         t = self.cfg.text
-        name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
-        return self.cache.get(("stored", name), lambda: self.reader.read(name)), self.ckpt.info(name).dtype
+        return self.ckpt.info(f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD).dtype
 
     def attention(self, i):
         p = f"{layer_prefix(i)}self_attn."
@@ -237,8 +240,10 @@ class Weights:
         prefix = f"{layer_prefix(i)}mlp.experts.{e}."
         if self.cfg.quant is None:
             return self.mlp(prefix)
-        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in ("gate_proj", "up_proj",
-                                                                                          "down_proj")))
+        names = ("gate_proj", "up_proj", "down_proj")
+        size = sum(self.ckpt.info(f"{prefix}{n}.weight_packed").nbytes + 2 * self.ckpt.info(f"{prefix}{n}.weight_scale").nbytes
+                   for n in names)                                            # packed codes + float32 scales
+        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in names), size)
 
     def load_experts(self, i, experts):
         """Count cache hits/misses of layer i's chosen experts and read the missing ones, concurrently when

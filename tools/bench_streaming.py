@@ -54,11 +54,11 @@ def child(folder, budget, tokens, out):
     evict(folder)
     model = k25ref.load_model(folder, memory_budget=budget)
     cache, ids, rows = model.new_cache(), list(PROMPT), []
-    logits = model.forward(np.array(ids), cache, last_only=True, absorbed=True)
+    logits = model.forward(np.array(ids), cache, last_only=True, absorbed=True, backend="numba")
     for _ in range(tokens):
         token = int(np.argmax(logits[-1]))
         before, t0 = model.stats.snapshot(), time.perf_counter()
-        logits = model.forward(np.array([token]), cache, last_only=True, absorbed=True)
+        logits = model.forward(np.array([token]), cache, last_only=True, absorbed=True, backend="numba")
         after = model.stats.snapshot()
         hits = sum(after["expert_hits"].values()) - sum(before["expert_hits"].values())
         uses = hits + sum(after["expert_misses"].values()) - sum(before["expert_misses"].values())
