@@ -47,8 +47,8 @@ def main():
 
 model_option = click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=None,
                             help="Checkpoint folder in the released layout (config.json, index, shards, tokenizer). "
-                                 "Default: the embedded tiny model (random weights until the trained nano model "
-                                 "ships).")
+                                 "Default: the embedded tiny model, Kimi-K2.5-nano (6.4 M parameters, trained on "
+                                 "Shakespeare and synthetic shapes).")
 
 
 def _open(model_dir, memory_budget=None):
@@ -326,6 +326,8 @@ def bench(ctx):
     runpy.run_path(path, run_name="__main__")
 
 
+from k25ref.nano_eval import eval_nano  # noqa: E402  (held-out loss and caption accuracy of the nano model)
 from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own command group)
 
+main.add_command(eval_nano)
 main.add_command(swarm)

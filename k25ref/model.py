@@ -115,8 +115,9 @@ class Model:
 
 
 def default_model_path():
-    """The small checkpoint shipped inside the package, with its tokenizer (what `k25ref generate` runs)."""
-    return os.path.join(os.path.dirname(__file__), "assets", "default")
+    """Kimi-K2.5-nano, shipped inside the package with its tokenizer (what `k25ref generate` runs): the real
+    architecture at 6.4 M parameters, trained on Shakespeare and synthetic shapes (docs/nano.md)."""
+    return os.path.join(os.path.dirname(__file__), "assets", "nano")
 
 
 def load_model(path, memory_budget=None, progress=False):

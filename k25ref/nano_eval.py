@@ -1,0 +1,185 @@
+"""How good is Kimi-K2.5-nano? Measured with k25ref's own NumPy runtime (no torch anywhere).
+
+Three numbers, each against a baseline that a model which does not look would reach:
+
+1. Held-out text loss: mean next-token cross entropy, in nats per token, of data/tinyshakespeare/heldout.txt
+   read in windows of `window` tokens (raw text, no chat template), next to the loss of the unigram model
+   of the training text (add-one smoothed counts) on the same targets:
+
+       loss = -1/N * sum_t log softmax(logits_t)[x_{t+1}]          unigram = -1/N * sum_t log p(x_{t+1})
+
+2. Image captions: `n_images` fresh images from k25ref.shapes (a seed the trainer never uses), prompt
+   "Describe the image." through the real chat template (thinking off), greedy decoding; exact-match rate
+   and per-attribute accuracy (colour, shape, position), objects compared in caption order.
+3. Video captions: the same for `n_videos` fresh 4-8 frame videos (colour, shape, direction).
+
+`k25ref eval-nano` is the click command `eval_nano` below; `evaluate(...)` returns the same report as a dict.
+"""
+import json
+import os
+import time
+
+import click
+import numpy as np
+
+from k25ref import media, shapes
+from k25ref.errors import K25RefError
+from k25ref.multimodal import expand_placeholders
+
+NANO_PATH = os.path.join(os.path.dirname(__file__), "assets", "nano")
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "tinyshakespeare")
+EVAL_SEED = 20261129          # fresh media: the trainer draws from its own seed (0)
+
+
+# ----------------------------------------------------------------------------
+# text
+
+
+def window_loss(model, ids):  # (T,) -> (T-1,) float64
+    """-log p(x_{t+1} | x_<=t) = logsumexp(z_t) - z_t[x_{t+1}] for every position of one window,
+    from k25ref's full-sequence logits z (float64 for the sum)."""
+    z = model.logits(ids[:-1]).astype(np.float64)                                # (T-1, V)
+    m = z.max(axis=1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))                          # (T-1,)
+    return lse - z[np.arange(len(ids) - 1), ids[1:]]
+
+
+def unigram_logprobs(train_ids, vocab):  # (N,) -> (V,) float64
+    """log p(x) of the add-one smoothed unigram model of the training tokens."""
+    counts = np.bincount(train_ids, minlength=vocab).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum())
+
+
+def text_losses(model, tok, window=128, max_tokens=None, data_dir=DATA):
+    """Held-out nats/token of the model and of the unigram baseline, on the same targets."""
+    for name in ("train.txt", "heldout.txt"):
+        if not os.path.exists(os.path.join(data_dir, name)):
+            raise K25RefError(f"{os.path.join(data_dir, name)}: missing (the text evaluation needs the "
+                              "tinyshakespeare split)")
+    with open(os.path.join(data_dir, "train.txt"), encoding="utf-8") as f:
+        train = np.array(tok.encode(f.read()), np.int64)
+    with open(os.path.join(data_dir, "heldout.txt"), encoding="utf-8") as f:
+        held = np.array(tok.encode(f.read()), np.int64)
+    if max_tokens:
+        held = held[:max_tokens + 1]
+    uni = unigram_logprobs(train, model.cfg.text.vocab_size)
+    model_nll, targets = [], []
+    for start in range(0, len(held) - 1, window):
+        ids = held[start:start + window + 1]
+        if len(ids) < 2:
+            break
+        model_nll.append(window_loss(model, ids))
+        targets.append(ids[1:])
+    model_nll, targets = np.concatenate(model_nll), np.concatenate(targets)
+    return {"tokens": int(targets.size), "model_nats_per_token": float(model_nll.mean()),
+            "unigram_nats_per_token": float(-uni[targets].mean())}
+
+
+# ----------------------------------------------------------------------------
+# captions
+
+
+def describe(model, tok, content, pixel_values, grid_thw, max_new_tokens=40):
+    """Greedy reply of the model to one user turn with media (the same path as `k25ref generate --image`)."""
+    ids = tok.apply_chat_template([{"role": "user", "content": content}], thinking=False)
+    ids = expand_placeholders(ids, grid_thw, model.cfg.media_placeholder_token_id)
+    out = list(model.generate(ids, max_new_tokens, pixel_values=pixel_values, grid_thw=grid_thw))
+    return tok.decode(out)
+
+
+def caption_image(model, tok, image):
+    """Describe one image (path, PIL image or uint8 array)."""
+    pv, grid = media.preprocess_image(image)
+    return describe(model, tok, [{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], pv, grid)
+
+
+def caption_video(model, tok, frames, fps=shapes.VIDEO_FPS):
+    """Describe one video given as frames at `fps`."""
+    pv, grid, stamps = media.preprocess_video(frames, fps=fps)
+    content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
+    return describe(model, tok, content, pv, grid)
+
+
+def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3):
+    """Caption `n` fresh images or videos; -> exact-match rate, per-attribute accuracy, a few examples."""
+    rng = np.random.default_rng([seed, 0 if kind == "image" else 1])
+    totals, exact, shown = {}, 0, []
+    for _ in range(n):
+        if kind == "image":
+            image, truth_text, truth = shapes.random_image(rng)
+            got = caption_image(model, tok, image)
+        else:
+            frames, truth_text, truth = shapes.random_video(rng)
+            got = caption_video(model, tok, frames)
+        score = shapes.score_caption(got, truth)
+        exact += score.pop("exact")
+        for attr, (hits, count) in score.items():
+            h, c = totals.get(attr, (0, 0))
+            totals[attr] = (h + hits, c + count)
+        if len(shown) < examples:
+            shown.append({"truth": truth_text, "model": got})
+    return {"n": n, "exact_match": exact / n if n else 0.0,
+            "attributes": {a: h / c for a, (h, c) in totals.items()}, "examples": shown}
+
+
+def text_samples(model, tok, prompts=("ROMEO:", "First Citizen:\n"), n=60, seed=0):
+    """Raw continuations (no template), sampled at temperature 0.8, top-k 40, for reading."""
+    out = {}
+    for p in prompts:
+        ids = list(model.generate(tok.encode(p), n, temperature=0.8, top_k=40, seed=seed, stop_ids=()))
+        out[p] = p + tok.decode(ids)
+    return out
+
+
+def evaluate(path=NANO_PATH, n_images=200, n_videos=100, text_tokens=None, window=128, seed=EVAL_SEED,
+             samples=True):
+    """The whole report as a dict (see the module doc)."""
+    from k25ref.model import load_model
+    from k25ref.tokenizer import Tokenizer
+    model, tok = load_model(path), Tokenizer.from_pretrained(path)
+    t0 = time.perf_counter()
+    report = {"model": os.path.abspath(path), "text": text_losses(model, tok, window, text_tokens)}
+    if n_images:
+        report["images"] = caption_accuracy(model, tok, n_images, "image", seed)
+    if n_videos:
+        report["videos"] = caption_accuracy(model, tok, n_videos, "video", seed)
+    if samples:
+        report["samples"] = text_samples(model, tok)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def format_report(r):
+    """The report as readable lines."""
+    t = r["text"]
+    lines = [f"model: {r['model']}",
+             f"held-out text: {t['model_nats_per_token']:.3f} nats/token (unigram {t['unigram_nats_per_token']:.3f}) "
+             f"over {t['tokens']} tokens"]
+    for kind in ("images", "videos"):
+        if kind in r:
+            c = r[kind]
+            attrs = ", ".join(f"{a} {v:.1%}" for a, v in c["attributes"].items())
+            lines.append(f"{kind}: {c['n']} fresh, exact match {c['exact_match']:.1%}; {attrs}")
+            lines += [f"    truth: {e['truth']!r}  model: {e['model']!r}" for e in c["examples"]]
+    for prompt, text in r.get("samples", {}).items():
+        lines.append(f"sample from {prompt!r}:\n{text}")
+    lines.append(f"({r['seconds']} s)")
+    return lines
+
+
+@click.command("eval-nano")
+@click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=NANO_PATH,
+              show_default="the embedded nano model", help="Checkpoint folder to evaluate.")
+@click.option("--images", "n_images", default=200, show_default=True, help="Fresh synthetic images to caption.")
+@click.option("--videos", "n_videos", default=100, show_default=True, help="Fresh synthetic videos to caption.")
+@click.option("--text-tokens", default=None, type=int, help="Evaluate only the first N held-out tokens (default all).")
+@click.option("--seed", default=EVAL_SEED, show_default=True, help="Seed of the fresh images and videos.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+def eval_nano(model_dir, n_images, n_videos, text_tokens, seed, json_out):
+    """Evaluate the nano model with k25ref: held-out Shakespeare loss vs unigram, caption accuracy."""
+    report = evaluate(model_dir, n_images, n_videos, text_tokens, seed=seed)
+    for line in format_report(report):
+        click.echo(line)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(report, f, indent=2)

@@ -1,0 +1,193 @@
+"""Synthetic shapes: the images and videos the nano model learns to describe, and the grammar of their captions.
+
+An image holds one or two objects. Each object has a colour, a shape and a position, and the caption names
+them in a fixed grammar, objects in reading order (top left, top right, center, bottom left, bottom right):
+
+    a red circle in the top left
+    a blue square in the top right and a white triangle in the center
+
+A video holds one object moving in one direction over 4-8 frames:
+
+    a green triangle moving left
+
+Sizes, aspect ratios, backgrounds, colour tints and object sizes are random, so a describer has to look at the
+pixels: nothing about the caption can be guessed from the image geometry. Everything is drawn with Pillow
+from a `numpy.random.Generator`, so a seed fixes a data set exactly.
+
+`parse_caption` reads a caption back into objects; `score_caption` compares a generated caption with the
+truth attribute by attribute (what `k25ref eval-nano` reports).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40),
+           "purple": (140, 50, 170), "orange": (250, 140, 20), "white": (250, 250, 250)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = {"top left": (0.25, 0.25), "top right": (0.75, 0.25), "center": (0.5, 0.5),
+             "bottom left": (0.25, 0.75), "bottom right": (0.75, 0.75)}     # reading order = caption order
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+IMAGE_PROMPT = "Describe the image."
+VIDEO_PROMPT = "Describe the video."
+VIDEO_FPS = 2.0            # frames per second of generated videos: the 2 fps sampler keeps every frame
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One drawn object; `position` is a POSITIONS key for images, `direction` a DIRECTIONS key for videos."""
+    colour: str
+    shape: str
+    position: str = ""
+    direction: str = ""
+
+    def phrase(self):
+        where = f"moving {self.direction}" if self.direction else f"in the {self.position}"
+        return f"a {self.colour} {self.shape} {where}"
+
+
+def caption(objects):
+    """Objects (already in reading order) -> the caption sentence."""
+    return " and ".join(o.phrase() for o in objects)
+
+
+# ----------------------------------------------------------------------------
+# drawing
+
+
+SMALL, LARGE = (56, 112), (112, 320)      # side ranges in pixels: 4-16 and 16-~130 media tokens
+
+
+def random_size(rng, large=None, p_large=0.25):
+    """A random (width, height), each side uniform in SMALL or LARGE; large=None picks LARGE with p_large."""
+    if large is None:
+        large = rng.random() < p_large
+    lo, hi = LARGE if large else SMALL
+    return int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+
+
+def _tint(rng, rgb, amount=18):
+    """A colour jittered by up to `amount` per channel, so the model learns colour names, not exact values."""
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+
+
+def _background(rng, colours, size, tries=50):
+    """A background far (RGB distance > 140) from every object colour, optionally with pixel noise."""
+    for _ in range(tries):
+        bg = rng.integers(0, 256, 3)
+        if all(np.linalg.norm(bg - np.array(COLOURS[c])) > 140 for c in colours):
+            break
+    else:
+        bg = np.array([30, 30, 30])
+    W, H = size
+    noise = rng.integers(0, 13)
+    pixels = bg[None, None, :] + rng.integers(-noise, noise + 1, (H, W, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _draw(draw, rng, shape, colour, cx, cy, r):
+    """Draw one shape of 'radius' r centred at (cx, cy); now and then with a dark outline."""
+    fill, outline = _tint(rng, COLOURS[colour]), None
+    width = 0
+    if rng.random() < 0.3:
+        outline, width = (0, 0, 0), max(1, int(r / 15))
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
+    elif shape == "square":
+        s = 0.85 * r
+        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill, outline=outline, width=width)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + 0.8 * r), (cx + r, cy + 0.8 * r)], fill=fill, outline=outline,
+                     width=width)
+
+
+def _centre(rng, position, size, r, jitter=0.05):
+    """Pixel centre of an object in a named region, jittered, kept inside the image."""
+    W, H = size
+    fx, fy = POSITIONS[position]
+    cx = np.clip((fx + rng.uniform(-jitter, jitter)) * W, r, W - r)
+    cy = np.clip((fy + rng.uniform(-jitter, jitter)) * H, r, H - r)
+    return float(cx), float(cy)
+
+
+def _random_object(rng, **where):
+    return Shape(str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), **where)
+
+
+def random_image(rng, size=None):
+    """-> (RGB PIL image, caption, objects): one or two objects at distinct positions on a random background."""
+    size = size or random_size(rng)
+    n = 1 if rng.random() < 0.5 else 2
+    names = list(POSITIONS)
+    chosen = sorted(rng.choice(len(names), n, replace=False))               # reading order
+    objects = [_random_object(rng, position=names[k]) for k in chosen]
+    image = _background(rng, [o.colour for o in objects], size)
+    draw = ImageDraw.Draw(image)
+    short = min(size)
+    for o in objects:
+        r = short * rng.uniform(0.12, 0.3 if n == 1 else 0.2)
+        _draw(draw, rng, o.shape, o.colour, *_centre(rng, o.position, size, r), r)
+    return image, caption(objects), objects
+
+
+def random_video(rng, size=None):
+    """-> (list of RGB PIL frames, caption, [object]): one object moving left/right/up/down over 4-8 frames,
+    to be read at VIDEO_FPS."""
+    size = size or random_size(rng, large=False)
+    W, H = size
+    o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
+    frames_n = int(rng.integers(4, 9))
+    r = min(size) * rng.uniform(0.1, 0.2)
+    dx, dy = DIRECTIONS[o.direction]
+    travel = rng.uniform(0.4, 0.7)                                          # fraction of the frame crossed
+    # start on the trailing side, cross-axis position anywhere
+    x0 = 0.5 - dx * travel / 2 if dx else rng.uniform(0.25, 0.75)
+    y0 = 0.5 - dy * travel / 2 if dy else rng.uniform(0.25, 0.75)
+    background = _background(rng, [o.colour], size)
+    frames, state = [], rng.bit_generator.state
+    for k in range(frames_n):
+        f = k / (frames_n - 1)
+        frame = background.copy()
+        rng.bit_generator.state = state                                      # same tint and outline each frame
+        cx = np.clip((x0 + dx * travel * f) * W, r, W - r)
+        cy = np.clip((y0 + dy * travel * f) * H, r, H - r)
+        _draw(ImageDraw.Draw(frame), rng, o.shape, o.colour, float(cx), float(cy), r)
+        frames.append(frame)
+    return frames, caption([o]), [o]
+
+
+# ----------------------------------------------------------------------------
+# reading captions back
+
+
+def parse_caption(text):
+    """A caption -> list of Shape, or None if it does not follow the grammar."""
+    objects = []
+    for part in text.strip().rstrip(".").split(" and "):
+        words = part.split()
+        if len(words) < 4 or words[0] != "a" or words[1] not in COLOURS or words[2] not in SHAPES:
+            return None
+        rest = " ".join(words[3:])
+        if rest.startswith("in the ") and rest[7:] in POSITIONS:
+            objects.append(Shape(words[1], words[2], position=rest[7:]))
+        elif rest.startswith("moving ") and rest[7:] in DIRECTIONS:
+            objects.append(Shape(words[1], words[2], direction=rest[7:]))
+        else:
+            return None
+    return objects
+
+
+def score_caption(predicted, truth):
+    """Compare a generated caption with the true objects, object by object in caption order.
+
+    -> {"exact": 0/1, "colour": [hits, n], "shape": [...], "position" or "direction": [...]}; a missing or
+    unparsable object counts as wrong on every attribute."""
+    got = parse_caption(predicted) or []
+    key = "direction" if truth[0].direction else "position"
+    out = {"exact": int(predicted.strip() == caption(truth)), "colour": [0, len(truth)],
+           "shape": [0, len(truth)], key: [0, len(truth)]}
+    for i, t in enumerate(truth):
+        if i < len(got):
+            for attr in ("colour", "shape", key):
+                out[attr][0] += int(getattr(got[i], attr) == getattr(t, attr))
+    return out

@@ -1,0 +1,174 @@
+"""Kimi-K2.5-nano: the synthetic shapes data, the trained checkpoint shipped in k25ref/assets/nano, and the
+trainer's export to the released layout (checked against k25ref and the transformers oracle).
+
+The export and oracle tests need torch + transformers and are skipped without them.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from k25ref import shapes
+from k25ref.nano_eval import NANO_PATH, caption_accuracy, caption_image, text_losses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+needs_nano = pytest.mark.skipif(not os.path.exists(os.path.join(NANO_PATH, "config.json")),
+                                reason="the trained nano checkpoint is not in k25ref/assets/nano")
+
+
+def rel_err(out, ref):
+    ref = np.asarray(ref, np.float64)
+    return float(np.abs(np.asarray(out, np.float64) - ref).max() / np.abs(ref).max())
+
+
+# ----------------------------------------------------------------------------
+# the generator
+
+
+def object_mask(image, colour, tol=45):  # PIL image -> (H, W) bool
+    """Pixels within `tol` per channel of a colour's base value (tints are at most 18 off)."""
+    a = np.asarray(image).astype(int)
+    return (np.abs(a - np.array(shapes.COLOURS[colour])) <= tol).all(axis=2)
+
+
+def test_image_captions_follow_the_grammar_and_the_pixels():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        image, text, objects = shapes.random_image(rng)
+        assert shapes.parse_caption(text) == objects
+        assert 1 <= len(objects) <= 2
+        order = list(shapes.POSITIONS)
+        assert [order.index(o.position) for o in objects] == sorted(order.index(o.position) for o in objects)
+        if len(objects) == 1:                      # a lone object's pixels sit in its named region
+            (o,) = objects
+            ys, xs = np.nonzero(object_mask(image, o.colour))
+            assert xs.size > 0, text
+            W, H = image.size
+            fx, fy = shapes.POSITIONS[o.position]
+            assert abs(xs.mean() / W - fx) < 0.2 and abs(ys.mean() / H - fy) < 0.2, text
+
+
+def test_video_object_moves_the_named_way():
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        frames, text, (o,) = shapes.random_video(rng)
+        assert 4 <= len(frames) <= 8 and text == o.phrase()
+        centres = []
+        for f in frames:
+            ys, xs = np.nonzero(object_mask(f, o.colour))
+            centres.append((xs.mean(), ys.mean()))
+        (x0, y0), (x1, y1) = centres[0], centres[-1]
+        dx, dy = shapes.DIRECTIONS[o.direction]
+        moved = np.array([x1 - x0, y1 - y0])
+        assert moved @ np.array([dx, dy]) > 0.25 * min(frames[0].size), (text, centres)
+
+
+def test_generator_is_seeded():
+    a = shapes.random_image(np.random.default_rng(3))
+    b = shapes.random_image(np.random.default_rng(3))
+    assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_score_caption():
+    truth = shapes.parse_caption("a red circle in the top left and a blue square in the center")
+    s = shapes.score_caption("a red circle in the top left and a blue triangle in the center", truth)
+    assert s == {"exact": 0, "colour": [2, 2], "shape": [1, 2], "position": [2, 2]}
+    assert shapes.score_caption("a red circle in the top left and a blue square in the center", truth)["exact"] == 1
+    assert shapes.score_caption("the sky", truth)["colour"] == [0, 2]
+    assert shapes.parse_caption("a red circle moving sideways") is None
+
+
+# ----------------------------------------------------------------------------
+# the shipped checkpoint, run by k25ref
+
+
+@pytest.fixture(scope="module")
+def nano():
+    from k25ref.model import load_model
+    from k25ref.tokenizer import Tokenizer
+    return load_model(NANO_PATH), Tokenizer.from_pretrained(NANO_PATH)
+
+
+@needs_nano
+def test_nano_checkpoint_is_small_and_k25_shaped(nano):
+    model, tok = nano
+    size = sum(os.path.getsize(os.path.join(NANO_PATH, f)) for f in os.listdir(NANO_PATH))
+    assert size < 8 * 2**20
+    t = model.cfg.text
+    assert (t.vocab_size, tok.vocab_size, model.cfg.media_placeholder_token_id) == (4096, 4096, tok.media_pad_id)
+    assert t.n_routed_experts == 16 and t.num_experts_per_tok == 2 and t.n_shared_experts == 1
+    assert model.cfg.quant is not None and model.cfg.vision is not None
+    assert tok.im_end_id in model.stop_ids
+
+
+@needs_nano
+def test_nano_beats_unigram_on_heldout_text(nano):
+    r = text_losses(*nano, window=64, max_tokens=256)
+    assert r["model_nats_per_token"] < r["unigram_nats_per_token"] - 1.0, r
+
+
+@needs_nano
+def test_nano_names_the_example_image_in_the_caption_grammar(nano):
+    got = caption_image(*nano, os.path.join(ROOT, "examples", "red_circle.png"))
+    assert shapes.parse_caption(got) is not None and got.startswith("a red circle"), got
+
+
+@needs_nano
+def test_nano_looks_at_the_image(nano):
+    """Colour is read from the pixels: far above the 1/7 a blind captioner gets."""
+    r = caption_accuracy(*nano, 12, "image", seed=11)
+    assert r["attributes"]["colour"] >= 0.5, r
+
+
+# ----------------------------------------------------------------------------
+# the trainer's export and the oracle (torch side)
+
+
+@pytest.fixture(scope="module")
+def torch_side():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    sys.path.insert(0, TOOLS)
+    import oracle
+    import train_nano
+    return train_nano, oracle
+
+
+def test_export_round_trip(torch_side, tmp_path):
+    """A freshly initialised nano, saved in the released layout, gives the same logits (weights rounded as
+    saved) in torch, in the oracle loaded from the folder, and in k25ref: text, an image, a two-chunk video."""
+    import k25ref
+    from k25ref.tokenizer import Tokenizer
+    train_nano, oracle = torch_side
+    hub = train_nano.nano_hub_config()
+    model = train_nano.build_model(hub, seed=3)
+    with __import__("torch").no_grad():                 # make the experts non-trivial for INT4
+        for ex in train_nano.experts_modules(model):
+            ex.gate_up_proj.normal_(0, 0.1)
+            ex.down_proj.normal_(0, 0.1)
+    train_nano.save_released(model, hub, str(tmp_path))
+    train_nano.round_to_saved(model)
+    model.eval()
+    data = train_nano.Data.__new__(train_nano.Data)      # no training text needed: media samples only
+    data.tok, data.rng = Tokenizer.from_pretrained(str(tmp_path)), np.random.default_rng(0)
+    data.pad, data.large = data.tok.media_pad_id, False
+    ours, orc = k25ref.load_model(str(tmp_path)), oracle.load_oracle(str(tmp_path))
+    video = data.chat_video()
+    while len(video[3]) < 2:                             # a two-chunk video: t = 4, then the rest
+        video = data.chat_video()
+    for sample in (data.chat_image(), video):
+        ref = train_nano.torch_logits(model, sample)
+        assert rel_err(train_nano.torch_logits(orc, sample), ref) < 1e-5
+        assert rel_err(ours.logits(sample[0], sample[2], sample[3]), ref) < 1e-3
+
+
+@needs_nano
+def test_nano_agrees_with_the_oracle(torch_side, nano):
+    _, oracle = torch_side
+    model, tok = nano
+    orc = oracle.load_oracle(NANO_PATH)
+    ids = np.array(tok.encode("ROMEO:\nWhat light through yonder window breaks? It is the east."), np.int64)
+    assert rel_err(model.logits(ids), oracle.oracle_logits(orc, ids)) < 1e-3

@@ -1,0 +1,548 @@
+"""Train Kimi-K2.5-nano: a few-million-parameter model of the exact K2.5 architecture, saved in the released layout.
+
+    python tools/train_nano.py [--minutes 75] [--out k25ref/assets/nano] [--seed 0]
+    python tools/train_nano.py --quick --out /tmp/nano-quick --check  # a few steps, for smoke tests
+    python tools/train_nano.py --init FOLDER ...                      # continue from a saved checkpoint
+    python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
+
+The model IS transformers' `Kimi_K25ForConditionalGeneration`, built from the nano's hub config.json through
+`tools/oracle.native_config`, so what is trained is exactly what the oracle (and k25ref) computes:
+MLA attention with a query latent and YaRN RoPE, one dense layer then DeepSeekMoE layers (16 routed experts,
+top-2, sigmoid routing with the aux-loss-free correction bias, one shared expert), the MoonViT tower with
+2-D RoPE, bicubic position table and temporal sinusoids, and the 2x2 patch-merger projector.
+
+Data, drawn fresh every step from `--seed`:
+- text: 128-token windows of data/tinyshakespeare/train.txt (raw continuation, no template);
+- chat/text: the real chat template (thinking off), user = the start of a window, assistant = what follows;
+- chat/image and chat/video: user = an image (or 4-8 frame video) from k25ref.shapes + "Describe the
+  image." / "Describe the video.", assistant = its caption. Pixels come from k25ref.media.preprocess_image /
+  preprocess_video, the inference pipeline itself. Loss only on the assistant reply and its <|im_end|>.
+Media features are computed by calling the vision tower and the projector directly, one video chunk at a
+time (transformers' get_image_features mis-splits chunks with t > 1), and spliced over the <|media_pad|>
+positions like k25ref.multimodal.splice.
+
+Schedule by wall time (the machine is shared, so steps vary in cost): AdamW, linear warm-up then cosine decay;
+the routed experts are trained quantisation-aware (INT4 fake quantisation, straight-through gradient) for the
+last `--qat` fraction. Every few minutes, and at the end, the model is written in the released layout:
+BF16 tensors under the original names, routed experts as compressed-tensors INT4 (k25ref.int4.quantize),
+float32 correction biases, the vision `wqkv` re-fused with the q/k rows back in the interleaved RoPE order
+(the exact inverse of transformers' conversion, found by pushing index tensors through it), the tokenizer
+alongside. `--check` at the end reloads the folder with tools/oracle.load_oracle and with k25ref and compares
+logits with the trained model (weights rounded as saved).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from k25ref import media, shapes  # noqa: E402
+from k25ref.checkpoint import f32_to_bf16  # noqa: E402
+from k25ref.config import from_hf  # noqa: E402
+from k25ref.int4 import dequantize, quantize  # noqa: E402
+from k25ref.make_tiny import _hub_config, copy_tokenizer, write_safetensors  # noqa: E402
+from k25ref.tokenizer import Tokenizer  # noqa: E402
+from k25ref.weights import LM_HEAD, TEXT, expected_tensors, vision_tensors  # noqa: E402
+
+DATA = os.path.join(ROOT, "data", "tinyshakespeare")
+TOKENIZER = os.path.join(ROOT, "k25ref", "assets", "tokenizer")
+GROUP = 32                                   # INT4 group size (the release's)
+
+NANO_TEXT = dict(hidden_size=192, intermediate_size=384, moe_intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                 v_head_dim=32, n_routed_experts=16, num_experts_per_tok=2, n_shared_experts=1, n_group=1,
+                 topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1,
+                 rms_norm_eps=1e-5, max_position_embeddings=1024, rope_theta=50000.0,
+                 rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
+                               "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+                 attention_bias=False, initializer_range=0.02)
+NANO_VISION = dict(init_pos_emb_height=8, init_pos_emb_width=8, init_pos_emb_time=4, vt_hidden_size=96,
+                   vt_num_hidden_layers=3, vt_num_attention_heads=2, vt_intermediate_size=192)
+
+
+def nano_hub_config():
+    """The nano's config.json: K2.5's layout and key names, vocabulary of the project's 4096-id tokenizer."""
+    return _hub_config(NANO_TEXT, NANO_VISION, 4096)
+
+
+# ----------------------------------------------------------------------------
+# the torch model
+
+
+def build_model(hub, seed):
+    """transformers' Kimi K2.5 from the hub config (vision keys translated as the oracle does)."""
+    from oracle import native_config
+    from transformers import Kimi_K25ForConditionalGeneration
+    torch.manual_seed(seed)
+    config = native_config(hub)
+    config.text_config.quantization_config = None           # trained in float32; INT4 is applied on save
+    model = Kimi_K25ForConditionalGeneration(config)
+    return model.float()
+
+
+def experts_modules(model):
+    return [layer.mlp.experts for layer in model.model.language_model.layers if hasattr(layer.mlp, "experts")]
+
+
+def routers(model):
+    return [layer.mlp.gate for layer in model.model.language_model.layers if hasattr(layer.mlp, "gate")]
+
+
+def int4_round(w):  # (..., O, I) -> same, the values INT4 + bf16 scale represent (compressed-tensors' bf16(q*s))
+    """Symmetric group-32 INT4 along the input (last) dim, as k25ref.int4.quantize/dequantize, in torch."""
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // GROUP, GROUP)
+    scale = (g.abs().amax(-1, keepdim=True) / 7.5).to(torch.bfloat16).float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.clamp(torch.round(g / scale), -8, 7)
+    return (q * scale).to(torch.bfloat16).float().reshape(w.shape)
+
+
+class FakeInt4(torch.nn.Module):
+    """Quantisation-aware training: forward sees INT4-rounded experts, gradients pass straight through."""
+
+    def forward(self, w):
+        return w + (int4_round(w) - w).detach()
+
+
+def start_qat(model):
+    from torch.nn.utils import parametrize
+    for ex in experts_modules(model):
+        for name in ("gate_up_proj", "down_proj"):
+            parametrize.register_parametrization(ex, name, FakeInt4())
+
+
+def finish_qat(model):
+    """Drop the fake quantisation, keeping the float weights (saving quantises them once, from these)."""
+    from torch.nn.utils import parametrize
+    for ex in experts_modules(model):
+        for name in ("gate_up_proj", "down_proj"):
+            if parametrize.is_parametrized(ex, name):
+                parametrize.remove_parametrizations(ex, name, leave_parametrized=False)
+
+
+@torch.no_grad()
+def round_to_saved(model):
+    """Round the model in place to exactly what the saved checkpoint holds: experts INT4, the rest BF16
+    (correction biases stay float32)."""
+    finish_qat(model)
+    for ex in experts_modules(model):
+        for name in ("gate_up_proj", "down_proj"):
+            p = getattr(ex, name)
+            w = p.data.numpy()                                              # (E, O, I)
+            p.data = torch.from_numpy(np.stack([dequantize(quantize(np.ascontiguousarray(w[x]), GROUP))
+                                                for x in range(w.shape[0])]))
+    for name, p in model.named_parameters():
+        if ".mlp.experts." not in name:
+            p.data = p.data.to(torch.bfloat16).float()
+
+
+class Balancer:
+    """DeepSeek-V3's aux-loss-free load balancing: after each step, nudge every router's correction bias
+    by +gamma for under-loaded experts and -gamma for over-loaded ones (the bias only affects the choice)."""
+
+    def __init__(self, model, gamma=1e-3):
+        self.gamma, self.counts, self.hooks = gamma, {}, []
+        for gate in routers(model):
+            self.hooks.append(gate.register_forward_hook(self._count))
+
+    def _count(self, gate, args, output):
+        idx = output[2]
+        self.counts[gate] = self.counts.get(gate, 0) + torch.bincount(idx.flatten(), minlength=gate.num_experts)
+
+    @torch.no_grad()
+    def step(self):
+        for gate, c in self.counts.items():
+            c = c.float()
+            gate.e_score_correction_bias += self.gamma * torch.sign(c.mean() - c)
+        self.counts = {}
+
+
+# ----------------------------------------------------------------------------
+# data
+
+
+class Data:
+    """Token streams and fresh synthetic media, all from one seeded generator."""
+
+    def __init__(self, tok, seed, window=128, p_large=0.25):
+        self.tok, self.window, self.rng = tok, window, np.random.default_rng(seed)
+        self.p_large, self.large = p_large, False
+        with open(os.path.join(DATA, "train.txt"), encoding="utf-8") as f:
+            self.train = np.array(tok.encode(f.read()), np.int64)
+        self.pad = tok.media_pad_id
+
+    def text(self):
+        """-> (ids, loss mask): a raw window of the training text, every next token counts."""
+        s = int(self.rng.integers(0, len(self.train) - self.window - 1))
+        ids = self.train[s:s + self.window + 1]
+        return ids, np.ones(len(ids), bool), None, None
+
+    def chat(self, content, reply):
+        """Render user content with the chat template (thinking off), append reply + <|im_end|>."""
+        prompt = self.tok.apply_chat_template([{"role": "user", "content": content}], thinking=False)
+        answer = self.tok.encode(reply) + [self.tok.im_end_id]
+        ids = np.array(prompt + answer, np.int64)
+        mask = np.zeros(len(ids), bool)
+        mask[len(prompt):] = True                              # predict the reply (targets shifted below)
+        return ids, mask
+
+    def chat_text(self):
+        s = int(self.rng.integers(0, len(self.train) - 96))
+        cut = int(self.rng.integers(4, 24))
+        user, reply = self.tok.decode(self.train[s:s + cut]), self.tok.decode(self.train[s + cut:s + cut + 64])
+        ids, mask = self.chat(user, reply)
+        return ids, mask, None, None
+
+    def chat_image(self):
+        image, text, _ = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
+        pv, grid = media.preprocess_image(image)
+        ids, mask = self.chat([{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], text)
+        return self._expand(ids, mask, grid) + (pv, grid)
+
+    def chat_video(self):
+        frames, text, _ = shapes.random_video(self.rng)
+        pv, grid, stamps = media.preprocess_video(frames, fps=shapes.VIDEO_FPS)
+        content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
+        ids, mask = self.chat(content, text)
+        return self._expand(ids, mask, grid) + (pv, grid)
+
+    def _expand(self, ids, mask, grid):
+        from k25ref.multimodal import expand_placeholders
+        full = expand_placeholders(ids, grid, self.pad)
+        extra = len(full) - len(ids)
+        return full, np.concatenate([np.zeros(extra, bool), mask])    # placeholders all precede the reply
+
+    def batch(self, kinds):
+        """Samples of the given kinds; the images of one batch are all small or all large (p_large), so a
+        batch is padded to similar lengths."""
+        self.large = bool(self.rng.random() < self.p_large)
+        return [getattr(self, k)() for k in kinds]
+
+
+# ----------------------------------------------------------------------------
+# forward pass with media
+
+
+def vision_features(model, pv, grid):  # (N, 3, 14, 14), (I, 3) -> (sum h*w/4, D)
+    """Tower + projector called directly, one item (image or video chunk) per call (module doc)."""
+    tower, projector = model.model.vision_tower, model.model.mm_projector
+    out, start = [], 0
+    for thw in grid.tolist():
+        n = int(np.prod(thw))
+        pooled = tower(torch.from_numpy(pv[start:start + n]), grid_thw=torch.tensor([thw])).pooler_output
+        out.append(projector(pooled).squeeze(1))
+        start += n
+    return torch.cat(out)
+
+
+def batch_loss(model, samples, pad_id):
+    """Mean next-token cross entropy over the masked targets of a right-padded batch."""
+    T = max(len(s[0]) for s in samples)
+    ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), T), dtype=torch.bool)
+    for b, (i, m, _, _) in enumerate(samples):
+        ids[b, :len(i)], mask[b, :len(m)] = torch.from_numpy(i), torch.from_numpy(m)
+    lm = model.model.language_model
+    embeds = lm.embed_tokens(ids)                                            # (B, T, D)
+    media_items = [(pv, g) for _, _, pv, g in samples if pv is not None]
+    if media_items:
+        feats = torch.cat([vision_features(model, pv, g) for pv, g in media_items])
+        slots = ids == model.config.image_token_id
+        # Text-only rows may hold the placeholder id only as padding; media rows hold exactly their count.
+        has_media = torch.tensor([s[2] is not None for s in samples])[:, None]
+        slots &= has_media & (torch.arange(T)[None] < torch.tensor([len(s[0]) for s in samples])[:, None])
+        assert int(slots.sum()) == feats.shape[0], (int(slots.sum()), feats.shape)
+        embeds = embeds.masked_scatter(slots[..., None], feats)
+    hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    logits = model.lm_head(hidden[:, :-1])                                   # (B, T-1, V)
+    targets, m = ids[:, 1:], mask[:, 1:]
+    return F.cross_entropy(logits[m], targets[m])
+
+
+# ----------------------------------------------------------------------------
+# saving in the released layout
+
+
+def vision_inverse(cfg):
+    """transformers vision/projector name -> (released name, flat index array): where each transformers
+    element comes from, found by converting index-valued tensors with transformers' own conversion."""
+    from oracle_vision import convert, native_config
+    native = native_config(cfg)
+    probes, offset = {}, 0
+    for name, (_, shape) in vision_tensors(cfg).items():
+        n = int(np.prod(shape))
+        probes[name] = torch.arange(offset, offset + n, dtype=torch.float64).reshape(shape)
+        offset += n
+    starts = {name: int(t.flatten()[0]) for name, t in probes.items()}
+    converted = convert(probes, native)
+    out = {}
+    for tname, t in converted.items():
+        flat = t.flatten().to(torch.int64).numpy()
+        src = max((n for n in starts if starts[n] <= flat.min()), key=lambda n: starts[n])
+        out[tname] = (src, flat - starts[src])
+    return out
+
+
+def float_experts(experts, name):
+    """The float weights behind an expert tensor (not its fake-quantised view during QAT)."""
+    from torch.nn.utils import parametrize
+    if parametrize.is_parametrized(experts, name):
+        return getattr(experts.parametrizations, name).original.detach().float()
+    return getattr(experts, name).detach().float()
+
+
+def released_tensors(model, hub):
+    """-> list of (name, dtype, ndarray) in the released layout, from the torch model's current weights."""
+    cfg = from_hf(hub)
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    out = {}
+    lm_prefix = "model.language_model."
+    F_ = cfg.text.moe_intermediate_size
+    for key, value in state.items():
+        if key.startswith(lm_prefix):
+            rest = key[len(lm_prefix):]
+            if ".mlp.experts." in rest:                      # written below, from the float weights
+                continue
+            if rest.endswith("e_score_correction_bias"):
+                out[TEXT + rest] = ("F32", value.astype(np.float32))
+            else:
+                out[TEXT + rest] = ("BF16", f32_to_bf16(value))
+        elif key == "lm_head.weight":
+            out[LM_HEAD] = ("BF16", f32_to_bf16(value))
+    for i, layer in enumerate(model.model.language_model.layers):
+        if not hasattr(layer.mlp, "experts"):
+            continue
+        gu = float_experts(layer.mlp.experts, "gate_up_proj").numpy()       # (E, 2F, D)
+        dn = float_experts(layer.mlp.experts, "down_proj").numpy()          # (E, D, F)
+        for x in range(gu.shape[0]):
+            for proj, w in (("gate_proj", gu[x, :F_]), ("up_proj", gu[x, F_:]), ("down_proj", dn[x])):
+                q = quantize(np.ascontiguousarray(w), GROUP)
+                p = f"{TEXT}layers.{i}.mlp.experts.{x}.{proj}."
+                out[p + "weight_packed"] = ("I32", q.packed)
+                out[p + "weight_scale"] = ("BF16", f32_to_bf16(q.scale))
+                out[p + "weight_shape"] = ("I32", np.array(q.shape, np.int32))
+    shapes_ = vision_tensors(cfg)
+    flat = {name: np.full(int(np.prod(s)), np.nan, np.float32) for name, (_, s) in shapes_.items()}
+    for tname, (src, index) in vision_inverse(cfg).items():
+        flat[src][index] = state[tname].reshape(-1)
+    for name, (_, s) in shapes_.items():
+        if np.isnan(flat[name]).any():
+            raise RuntimeError(f"vision tensor {name} not fully covered by the inverse conversion")
+        out[name] = ("BF16", f32_to_bf16(flat[name].reshape(s)))
+    expected = expected_tensors(cfg)
+    if set(out) != set(expected):
+        raise RuntimeError(f"saved names differ from the layout: missing {sorted(set(expected) - set(out))[:5]}, "
+                           f"extra {sorted(set(out) - set(expected))[:5]}")
+    return [(name, *out[name]) for name in expected]
+
+
+def save_released(model, hub, folder):
+    """Write config.json, one shard, the index and the tokenizer into `folder` (replaced atomically-ish)."""
+    os.makedirs(folder, exist_ok=True)
+    tensors = released_tensors(model, hub)
+    file = "model-00001-of-00001.safetensors"
+    tmp = os.path.join(folder, file + ".tmp")
+    write_safetensors(tmp, tensors)
+    os.replace(tmp, os.path.join(folder, file))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": sum(a.nbytes for _, _, a in tensors)},
+                   "weight_map": {name: file for name, _, _ in tensors}}, f, indent=2)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    copy_tokenizer(folder, hub["text_config"]["vocab_size"])
+
+
+# ----------------------------------------------------------------------------
+# checks
+
+
+@torch.no_grad()
+def torch_logits(model, sample):
+    """Logits of one sample (ids, mask, pv, grid) from the torch model, media included: (T, V)."""
+    ids, _, pv, grid = sample
+    lm = model.model.language_model
+    embeds = lm.embed_tokens(torch.from_numpy(ids)[None])
+    if pv is not None:
+        slots = torch.from_numpy(ids == model.config.image_token_id)[None, :, None]
+        embeds = embeds.masked_scatter(slots, vision_features(model, pv, grid))
+    return model.lm_head(lm(inputs_embeds=embeds, use_cache=False).last_hidden_state)[0].numpy()
+
+
+def relative_error(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def check_round_trip(model, folder, samples):
+    """Trained model (rounded as saved) vs the saved folder under the oracle and under k25ref."""
+    import k25ref
+    from oracle import load_oracle
+    round_to_saved(model)
+    model.eval()
+    oracle = load_oracle(folder)
+    ours = k25ref.load_model(folder)
+    report = {}
+    for k, s in enumerate(samples):
+        ref = torch_logits(model, s)
+        orc = torch_logits(oracle, s)
+        kl = ours.logits(s[0], s[2], s[3])
+        report[f"sample{k}"] = {"oracle_vs_trained": relative_error(orc, ref),
+                                "k25ref_vs_oracle": relative_error(kl, orc)}
+    return report
+
+
+# ----------------------------------------------------------------------------
+# training loop
+
+
+def lr_at(progress, peak, warmup=0.03, floor=0.1):
+    if progress < warmup:
+        return peak * progress / warmup
+    p = (progress - warmup) / (1 - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def train(args):
+    from torch.nn.utils import parametrize
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer.from_pretrained(TOKENIZER)
+    hub = nano_hub_config()
+    if args.init:                                   # continue from a released-layout folder (fresh optimiser)
+        from oracle import load_oracle
+        model = load_oracle(args.init)
+    else:
+        model = build_model(hub, args.seed)
+    model.train()
+    data = Data(tok, args.seed, p_large=args.p_large)
+    balancer = Balancer(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    kinds = ["text"] * args.text_batch + ["chat_text"] * args.chat_text_batch
+    media_kinds = ["chat_image"] * args.image_batch + ["chat_video"] * args.video_batch
+    budget = args.minutes * 60.0
+    log_path = args.log or os.path.join(args.out, "train_log.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    log = open(log_path, "w")
+    t0, last_save, step, qat = time.time(), time.time(), 0, False
+    while True:
+        elapsed = time.time() - t0
+        progress = step / args.steps if args.quick else elapsed / budget
+        if progress >= 1.0:
+            break
+        if not qat and progress >= 1.0 - args.qat:
+            start_qat(model)
+            qat = True
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress, args.lr)
+        with parametrize.cached():                          # fake-quantise each expert tensor once per pass
+            text_loss = batch_loss(model, data.batch(kinds), tok.media_pad_id)
+            media_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id)
+            (text_loss + media_loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        balancer.step()
+        step += 1
+        rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
+               "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4), "qat": qat}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if step % 10 == 0 or args.quick:
+            print(json.dumps(rec), flush=True)
+        if not args.quick and time.time() - last_save > args.save_every * 60:
+            save_released(model, hub, args.out)
+            last_save = time.time()
+    log.close()
+    meta = {"seed": args.seed, "steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
+            "torch": torch.__version__}
+    finish_qat(model)
+    save_released(model, hub, args.out)
+    with open(os.path.splitext(log_path)[0] + ".meta.json", "w") as f:
+        json.dump(meta, f, indent=2)
+    return model, hub, data, meta
+
+
+def read_logs(paths):
+    """JSON-lines logs of consecutive phases -> records with steps counted on from phase to phase."""
+    recs, offset, starts = [], 0, []
+    for path in paths:
+        with open(path) as f:
+            phase = [json.loads(line) for line in f if line.strip()]
+        starts.append(offset)
+        recs += [{**r, "step": r["step"] + offset} for r in phase]
+        offset = recs[-1]["step"] if recs else offset
+    return recs, starts[1:]
+
+
+def plot_log(log_paths, png, smooth=100):
+    """The loss curve: text and media-chat loss per step (moving average), phase starts and QAT marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    recs, phase_starts = read_logs(log_paths)
+    steps = np.array([r["step"] for r in recs])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kernel = np.ones(smooth) / smooth
+    for key, label in (("text_loss", "text batch (Shakespeare windows + text chat)"),
+                       ("media_loss", "caption batch (assistant reply tokens)")):
+        y = np.array([r[key] for r in recs])
+        line, = ax.plot(steps, y, alpha=0.15)
+        if len(y) > smooth:
+            ax.plot(steps[smooth - 1:], np.convolve(y, kernel, "valid"), label=label, color=line.get_color())
+    for k, s in enumerate(phase_starts):
+        ax.axvline(s, color="k", ls="--", lw=0.8, label="next phase starts" if k == 0 else None)
+    qat = [r["step"] for r in recs if r["qat"]]
+    if qat:
+        ax.axvspan(qat[0], qat[-1], color="grey", alpha=0.15, label="INT4 quantisation-aware")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross entropy, nats/token (training batches)")
+    ax.set_title("Kimi-K2.5-nano training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
+    p.add_argument("--minutes", type=float, default=75.0, help="wall-time budget of the training loop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--init", default=None, help="start from this released-layout folder instead of random weights")
+    p.add_argument("--qat", type=float, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
+    p.add_argument("--text-batch", type=int, default=8)
+    p.add_argument("--chat-text-batch", type=int, default=2)
+    p.add_argument("--image-batch", type=int, default=8)
+    p.add_argument("--video-batch", type=int, default=4)
+    p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
+                   "with --plot, comma-separated logs of consecutive phases")
+    p.add_argument("--p-large", type=float, default=0.25, help="share of caption batches with large images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=float, default=8.0, help="minutes between partial checkpoints")
+    p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
+    p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
+    p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
+    p.add_argument("--plot", default=None, metavar="PNG", help="only plot the loss log (--log) to PNG and exit")
+    args = p.parse_args(argv)
+    if args.plot:
+        plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
+        return
+    if args.quick:
+        args.text_batch, args.chat_text_batch, args.image_batch, args.video_batch = 2, 1, 2, 1
+    model, hub, data, meta = train(args)
+    if args.check:
+        samples = [data.text(), data.chat_image(), data.chat_video()]
+        report = check_round_trip(model, args.out, samples)
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
