@@ -1,5 +1,6 @@
 """The CLI through click's CliRunner: it works on the embedded model and bad input is one line + an exit code."""
 import json
+import pathlib
 import os
 
 import pytest
@@ -90,3 +91,17 @@ def test_help_teaches():
     r = run("--help")
     assert "generate" in r.stdout and "k25ref generate" in r.stdout
     assert "embedded tiny model" in run("generate", "--help").stdout
+
+
+def test_generate_image_never_prints_a_traceback(tmp_path):
+    """Random and truncated files given to `generate --image`: a one-line MediaError, never a traceback."""
+    import numpy as np
+    rng = np.random.default_rng(5)
+    good = (pathlib.Path(__file__).parents[1] / "examples" / "red_circle.png").read_bytes()
+    files = {"random.png": rng.bytes(300), "empty.jpg": b"", "cut.png": good[: len(good) // 2],
+             "header_only.png": good[:40], "text.gif": b"GIF89a not really"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        r = CliRunner().invoke(main, ["generate", "--image", str(tmp_path / name), "-n", "1"])
+        assert r.exit_code == 5, (name, r.output)
+        assert "Traceback" not in r.output and r.stderr.count("\n") == 1
