@@ -62,6 +62,21 @@ def _open(model_dir, memory_budget=None):
     return model, Tokenizer.from_pretrained(path)
 
 
+def _prepare_kernels():
+    """Compile the Numba kernels (or load them from the cache) before the clock starts; say so if it takes long."""
+    import threading
+    from k25ref.kernels import warmup as compile_all
+    done = threading.Event()
+    notice = threading.Timer(1.0, lambda: done.is_set() or click.echo(
+        "compiling kernels (first run only, about 15 s; `k25ref warmup` does it ahead)...", err=True))
+    notice.start()
+    try:
+        compile_all()
+    finally:
+        done.set()
+        notice.cancel()
+
+
 def _read_prompt(prompt):
     """PROMPT as given, '-' for stdin (must be UTF-8), or the default; never empty."""
     if prompt == "-":
@@ -154,6 +169,8 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
         from k25ref.multimodal import expand_placeholders
         kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
         ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
+    if backend == "numba":
+        _prepare_kernels()
     out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
     first, n = None, 0
