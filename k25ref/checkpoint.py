@@ -396,14 +396,3 @@ class Checkpoint:
 
     def file_of(self, name):
         return os.path.join(self.folder, self.where[name])
-
-    def float32(self, name, shape=None):
-        """A floating tensor widened exactly to float32, shape-checked against what the model expects."""
-        if name not in self.where:
-            fail(self.folder, "missing_tensor", "required by the model but not in the checkpoint", name)
-        info = self.info(name)
-        if info.dtype not in ("BF16", "F16", "F32", "F64", "F8_E4M3"):
-            fail(self.file_of(name), "wrong_dtype", f"dtype {info.dtype} where a floating tensor is expected", name)
-        if shape is not None and tuple(info.shape) != tuple(shape):
-            fail(self.file_of(name), "wrong_shape", f"shape {list(info.shape)}, expected {list(shape)}", name)
-        return to_float32(self.raw(name), info.dtype)

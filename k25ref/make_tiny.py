@@ -126,16 +126,24 @@ def _stored_tensors(cfg, rng):
             yield name, "BF16", f32_to_bf16(_random_float(name, shape, rng))
 
 
-def _random_float(name, shape, rng):
-    """Norms near 1, biases near 0 (never exactly), embeddings O(1), matrices scaled by 1/sqrt(fan_in)."""
+def init_scale(name, shape):  # -> (std, mean) of a random floating weight
+    """Norms near 1, biases and position tables near 0 (never exactly), embeddings O(1), matrices 1/sqrt(fan_in)."""
     if name.endswith(("layernorm.weight", "norm.weight", "norm0.weight", "norm1.weight", "pre_norm.weight")):
-        return (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        return 0.2, 1.0
     if name.endswith(".bias") or name.endswith("pos_emb.weight"):
-        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        return 0.1, 0.0
     if name == f"{TEXT}embed_tokens.weight":
-        return rng.standard_normal(shape, dtype=np.float32)
-    fan_in = int(np.prod(shape[1:]))
-    return (rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in)))
+        return 1.0, 0.0
+    return 1 / np.sqrt(np.prod(shape[1:])), 0.0
+
+
+def _random_float(name, shape, rng):
+    """init_scale's distribution. Norms, biases and position tables are drawn in float64, embeddings and matrices
+    in float32 (that split fixes the byte stream the committed goldens were written from)."""
+    std, mean = init_scale(name, shape)
+    if name.endswith((".bias", "pos_emb.weight")) or mean:
+        return (mean + std * rng.standard_normal(shape)).astype(np.float32)
+    return rng.standard_normal(shape, dtype=np.float32) / np.float32(1 / std)
 
 
 # ----------------------------------------------------------------------------
@@ -269,11 +277,8 @@ def _synthetic_entries(cfg, seed):
             yield name, "BF16", shape, pools.bf16(n, 0.02 / np.sqrt(I), 0.1 / np.sqrt(I))
         elif dtypes == ("F32",):
             yield name, "F32", shape, [(0.1 * rng.standard_normal(shape)).astype(np.float32)]
-        elif len(shape) == 1:
-            is_norm = name.endswith(".weight") and "norm" in name
-            yield name, "BF16", shape, pools.bf16(n, 0.2 if is_norm else 0.1, 1.0 if is_norm else 0.0)
         else:
-            yield name, "BF16", shape, pools.bf16(n, 1 / np.sqrt(np.prod(shape[1:])))
+            yield name, "BF16", shape, pools.bf16(n, *init_scale(name, shape))
 
 
 def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False):
