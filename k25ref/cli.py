@@ -137,7 +137,9 @@ class TextStream:
               help="Thinking mode: the reply starts inside <think> (K2.5's default is on; off suits tiny models).")
 @click.option("--raw", is_flag=True, help="No chat template: continue PROMPT as plain text.")
 @click.option("--stats", is_flag=True, help="Print weight-cache and I/O counters after generating.")
-@click.option("--max-memory", default=None, help="Budget for cached weights, e.g. 4GB (default: no limit).")
+@click.option("--max-memory", default=None,
+              help="Memory for the model's weights, e.g. 4GB: one forward pass's working set (a layer's weights, the "
+                   "chosen experts) plus a cache of the rest; the Python process adds ~0.3 GB (default: no limit).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
               help="numba: the compiled kernels (fast; the first run compiles for ~15 s, then cached); numpy: the "
                    "plain reference. Both give the same tokens.")
@@ -215,7 +217,8 @@ def format_stats(model, seconds, tokens):
     lines = [f"read {human(s['bytes_read'])}B in {s['reads']} reads ({human(s['bytes_read'] / tokens)}B/token), "
              f"I/O {s['io_seconds']:.2f} s of {seconds:.2f} s",
              f"weight cache: {c.hits} hits, {c.misses} misses, {human(c.bytes)}B held"
-             + (f" of a {human(c.budget)}B budget" if c.budget else "")]
+             + (f" of {human(c.budget)}B (the budget less a {human(model.working_set)}B working set)"
+                if c.budget is not None else "")]
     for layer in sorted(set(s["expert_hits"]) | set(s["expert_misses"])):
         h, m = s["expert_hits"].get(layer, 0), s["expert_misses"].get(layer, 0)
         lines.append(f"  layer {layer:>3} experts: {h} hits / {h + m} uses ({h / (h + m):.0%})")

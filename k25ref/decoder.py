@@ -36,12 +36,23 @@ def new_cache(cfg: TextConfig):
 
 def routed_experts(i, x, idx, g, W: Weights, backend):  # (T, D), (T, A), (T, A) -> (T, D)
     """The one place that picks the routed experts' code: the NumPy reference or the packed-INT4 kernel.
-    Either way the chosen experts come through the budgeted cache (read concurrently when streaming)."""
-    used = np.unique(idx)
-    W.load_experts(i, used)                                                   # read what was chosen, at once
+    Either way the chosen experts come through the budgeted cache, read concurrently when streaming, and
+    under a budget a few at a time (`Weights.expert_chunks`): each chunk runs on its (token, slot) pairs."""
+    chunks = W.expert_chunks(np.unique(idx))
+    if len(chunks) == 1:
+        return _run_experts(i, x, idx, g, chunks[0], W, backend)
+    out = np.zeros_like(x)
+    for chosen in chunks:
+        t, a = np.nonzero(np.isin(idx, chosen))                               # (P,) pairs that chose the chunk
+        np.add.at(out, t, _run_experts(i, x[t], idx[t, a][:, None], g[t, a][:, None], chosen, W, backend))
+    return out
+
+
+def _run_experts(i, x, idx, g, chosen, W: Weights, backend):  # (T, D), (T, A), (T, A), (C,) -> (T, D)
+    W.load_experts(i, chosen)                                                 # read what was chosen, at once
     if backend == "numba" and W.cfg.quant is not None:
         from k25ref.kernels.moe_experts import moe_experts, stack_experts
-        return moe_experts(x, np.searchsorted(used, idx), g, stack_experts([W.expert(i, int(e)) for e in used]))
+        return moe_experts(x, np.searchsorted(chosen, idx), g, stack_experts([W.expert(i, int(e)) for e in chosen]))
     return moe(x, idx, g, lambda e: W.expert(i, e), None)
 
 
@@ -66,18 +77,18 @@ def ffn(i, x, W: Weights, cfg: TextConfig, capture=None, backend="numpy"):  # (T
     """The feed-forward half of layer i: dense SwiGLU, or routed experts + shared expert."""
     p = layer_prefix(i)
     if not cfg.is_moe_layer(i):
-        return swiglu(x, *W.mlp(f"{p}mlp."))
+        return swiglu(x, *W.mlp(f"{p}mlp.", backend))
     idx, g = route(x, *W.router(i), cfg)                                      # (T, A), (T, A)
     if capture is not None:
         capture[f"layers.{i}.router_indices"], capture[f"layers.{i}.router_weights"] = idx, g
-    return routed_experts(i, x, idx, g, W, backend) + expert_ffn(x, *W.mlp(f"{p}mlp.shared_experts."))
+    return routed_experts(i, x, idx, g, W, backend) + expert_ffn(x, *W.mlp(f"{p}mlp.shared_experts.", backend))
 
 
 def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=None, absorbed=False,
           backend="numpy"):  # (T, D) -> (T, D)
     """One pre-norm decoder layer."""
     p = layer_prefix(i)
-    a = mla(rms_norm(h, W.f32(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i), cfg,
+    a = mla(rms_norm(h, W.f32(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i, backend), cfg,
             cos, sin, scale, cache, absorbed, attend_fn(absorbed, backend))    # (T, D)
     h = h + a
     m = ffn(i, rms_norm(h, W.f32(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, capture, backend)
@@ -94,7 +105,7 @@ def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, abs
     T, start = h.shape[0], cache[0].length
     cos, sin = rope.at(start, T)
     for i in range(cfg.num_hidden_layers):
-        W.prefetch_layer(i + 1)                                                # read ahead while layer i runs
+        W.prefetch_layer(i + 1, backend)                                              # read ahead while layer i runs
         h = layer(i, h, W, cfg, cos, sin, rope.scale, cache[i], capture, absorbed, backend)
     h = rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
     if capture is not None:

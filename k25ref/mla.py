@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from k25ref.config import TextConfig
-from k25ref.nn import rms_norm, softmax
+from k25ref.nn import linear, rms_norm, softmax
 from k25ref.rope import apply_rope_interleaved
 
 LATENT_NORM_EPS = 1e-6   # q_a_layernorm / kv_a_layernorm use the class default in transformers, not rms_norm_eps
@@ -30,7 +30,8 @@ LATENT_NORM_EPS = 1e-6   # q_a_layernorm / kv_a_layernorm use the class default 
 
 @dataclass(frozen=True)
 class MLAWeights:
-    """One layer's attention weights, by their checkpoint names (float32)."""
+    """One layer's attention weights, by their checkpoint names: float32, or the big projections as stored
+    (nn.Bf16Weight) when a forward pass asks for them that way; kv_b_proj and the norms are always float32."""
     kv_a_proj_with_mqa: np.ndarray          # (Ckv+Dr, D)   W_DKV and W_KR stacked
     kv_a_layernorm: np.ndarray              # (Ckv,)
     kv_b_proj: np.ndarray                   # (H*(Dn+Dv), Ckv)  [W_UK; W_UV] per head
@@ -45,7 +46,7 @@ class MLAWeights:
 
 
 def _linear(x, w, b=None):  # (T, I), (O, I), (O,) -> (T, O)
-    y = x @ w.T
+    y = linear(x, w)
     return y if b is None else y + b
 
 
@@ -80,9 +81,9 @@ def project(x, w: MLAWeights, cfg: TextConfig, cos, sin):  # (T, D) -> (T,H,Dn),
     T, H, Dn, Dr, Ckv = x.shape[0], cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
     if w.q_proj is None:
         c_q = rms_norm(_linear(x, w.q_a_proj, w.q_a_proj_bias), w.q_a_layernorm, LATENT_NORM_EPS)   # (T, Cq)
-        q = (c_q @ w.q_b_proj.T).reshape(T, H, Dn + Dr)                        # (T, H, Dn+Dr)
+        q = linear(c_q, w.q_b_proj).reshape(T, H, Dn + Dr)                        # (T, H, Dn+Dr)
     else:
-        q = (x @ w.q_proj.T).reshape(T, H, Dn + Dr)                            # (T, H, Dn+Dr)
+        q = linear(x, w.q_proj).reshape(T, H, Dn + Dr)                            # (T, H, Dn+Dr)
     q_nope, q_rope = q[..., :Dn], apply_rope_interleaved(q[..., Dn:].transpose(1, 0, 2), cos, sin).transpose(1, 0, 2)
     kv = _linear(x, w.kv_a_proj_with_mqa, w.kv_a_proj_with_mqa_bias)           # (T, Ckv+Dr)
     c_kv = rms_norm(kv[:, :Ckv], w.kv_a_layernorm, LATENT_NORM_EPS)           # (T, Ckv)

@@ -15,7 +15,7 @@ from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
 from k25ref.sampling import sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
-from k25ref.weights import Weights, validate
+from k25ref.weights import Weights, validate, working_set
 
 
 class Model:
@@ -23,9 +23,9 @@ class Model:
 
     def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
-        # three quarters of the budget hold cached weights; the rest is the working set: activations, a weight
-        # being read and converted, the next layer being prefetched, the chosen experts stacked for a kernel
-        self.cache = WeightCache(None if memory_budget is None else memory_budget * 3 // 4)
+        # the budget less the working set of one forward pass (weights.working_set) holds cached weights
+        self.working_set = working_set(ckpt, cfg)
+        self.cache = WeightCache(None if memory_budget is None else max(0, memory_budget - self.working_set))
         self.stats = IOStats()
         prefetcher = Prefetcher() if memory_budget is not None else None
         self.weights = Weights(ckpt, cfg, self.cache, Reader(ckpt, self.stats), prefetcher)
@@ -123,8 +123,10 @@ def default_model_path():
 def load_model(path, memory_budget=None, progress=False):
     """Open a released-layout checkpoint folder (config.json + safetensors shards) -> Model.
 
-    memory_budget: bytes the model may hold (None: keep every weight it reads). Three quarters go to cached
-        weights, the rest to the working set; nothing is read before it is needed either way.
+    memory_budget: bytes the model may hold (None: keep every weight it reads): what is left after the
+        working set of one forward pass (`Model.working_set`, from the tensor sizes) caches weights. The
+        interpreter and libraries the process already holds are not counted. Nothing is read before it is
+        needed either way.
     progress: show a progress bar while shard headers are read and checked.
     """
     cfg = load_config(path)

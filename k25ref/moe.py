@@ -12,8 +12,7 @@ Same as: transformers DeepseekV3TopkRouter / DeepseekV3MoE; DeepSeek inference/m
 import numpy as np
 
 from k25ref.config import TextConfig
-from k25ref.int4 import linear
-from k25ref.nn import sigmoid, silu
+from k25ref.nn import sigmoid, swiglu
 
 
 def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), (E,) -> (T, A) int64, (T, A) float32
@@ -35,9 +34,8 @@ def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), 
     return idx, (weights * np.float32(cfg.routed_scaling_factor)).astype(np.float32)
 
 
-def expert_ffn(x, gate_proj, up_proj, down_proj):  # (n, D) -> (n, D)
-    """SwiGLU of one expert, whose matrices may be INT4: W_down (silu(W_gate x) * W_up x)."""
-    return linear(silu(linear(x, gate_proj)) * linear(x, up_proj), down_proj)
+expert_ffn = swiglu   # (n, D) -> (n, D): one expert is a SwiGLU FFN, W_down (silu(W_gate x) * W_up x); its
+                      # matrices may be INT4 or BF16 as stored (nn.linear)
 
 
 def moe(u, idx, weights, expert, shared):  # (T, D), (T, A), (T, A) -> (T, D)

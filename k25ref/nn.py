@@ -1,5 +1,34 @@
-"""The small functions every layer uses: RMSNorm, LayerNorm, SiLU, GELU, softmax. All float32."""
+"""The small functions every layer uses: linear maps, RMSNorm, LayerNorm, SiLU, GELU, softmax. All float32."""
+from dataclasses import dataclass
+
 import numpy as np
+
+from k25ref.checkpoint import bf16_to_f32
+from k25ref import int4
+
+
+@dataclass(frozen=True)
+class Bf16Weight:
+    """A BF16 matrix kept as stored (uint16 bits, half the bytes of float32) until it is used: widened
+    exactly for one product at a time (the reference), or read as is by the bf16 kernel (`kernel=True`)."""
+    raw: np.ndarray        # (O, I) uint16
+    kernel: bool = False
+
+    @property
+    def shape(self):
+        return self.raw.shape
+
+
+def linear(x, w):  # (T, I), (O, I) as float32, Int4Weight or Bf16Weight -> (T, O)
+    """y = x W^T, whatever form W is kept in (INT4 is dequantized here; the fused kernel never materialises W)."""
+    if isinstance(w, int4.Int4Weight):
+        return int4.linear(x, w)
+    if isinstance(w, Bf16Weight):
+        if w.kernel:
+            from k25ref.kernels.bf16_matvec import bf16_matmul
+            return bf16_matmul(w.raw, x)
+        return x @ bf16_to_f32(w.raw).T
+    return x @ w.T
 
 
 def rms_norm(x, weight, eps):  # (..., D), (D,) -> (..., D)
@@ -45,4 +74,4 @@ def softmax(x, axis=-1):  # (...) -> (...)
 
 def swiglu(x, gate_proj, up_proj, down_proj):  # (T, D), (F, D), (F, D), (D, F) -> (T, D)
     """FFN_SwiGLU(x) = W_down (silu(W_gate x) * W_up x)   [Shazeer 2020]."""
-    return (silu(x @ gate_proj.T) * (x @ up_proj.T)) @ down_proj.T
+    return linear(silu(linear(x, gate_proj)) * linear(x, up_proj), down_proj)

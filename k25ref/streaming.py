@@ -102,10 +102,11 @@ def _size(value):
 
 class WeightCache:
     """Least-recently-used store of loaded weights inside `budget` bytes (None: unbounded). Thread-safe;
-    two threads asking for the same key load it once."""
+    two threads asking for the same key load it once. Values stored as `spare` (routed experts: a token uses
+    top-k of E, while it needs every dense weight) are evicted first, least recent first, then the rest."""
 
     def __init__(self, budget=None):
-        self.budget, self.items, self.bytes = budget, OrderedDict(), 0
+        self.budget, self.items, self.bytes, self.spare = budget, OrderedDict(), 0, set()
         self.hits = self.misses = self.bytes_loaded = 0
         self.lock, self.loading = threading.Lock(), {}
 
@@ -113,7 +114,7 @@ class WeightCache:
         with self.lock:
             return key in self.items
 
-    def get(self, key, load, size=None):
+    def get(self, key, load, size=None, spare=False):
         """The cached value of key, or load() it. `size` (bytes, if known) makes room before loading, so the
         new value and a full cache never coexist."""
         with self.lock:
@@ -137,11 +138,11 @@ class WeightCache:
                 del self.loading[key]
             future.set_exception(e)
             raise
-        self._insert(key, value)
+        self._insert(key, value, spare)
         future.set_result(value)
         return value
 
-    def _insert(self, key, value):
+    def _insert(self, key, value, spare=False):
         size = _size(value)
         with self.lock:
             del self.loading[key]
@@ -150,14 +151,20 @@ class WeightCache:
                 return                                  # used once, never kept
             self.items[key] = value
             self.bytes += size
+            if spare:
+                self.spare.add(key)
             if self.budget is not None:
                 self._evict(self.budget)
 
     def _evict(self, limit):
-        """Drop least recently used values until at most `limit` bytes are held (call with the lock)."""
-        while self.items and self.bytes > limit:
-            _, old = self.items.popitem(last=False)
-            self.bytes -= _size(old)
+        """Drop spare values, then the others, least recently used first, until at most `limit` bytes are
+        held (call with the lock)."""
+        for spare in (True, False):
+            for key in [k for k in self.items if (k in self.spare) == spare]:
+                if self.bytes <= limit:
+                    return
+                self.bytes -= _size(self.items.pop(key))
+                self.spare.discard(key)
 
 
 class Prefetcher:

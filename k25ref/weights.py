@@ -15,11 +15,15 @@ from k25ref.checkpoint import DTYPES, fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight, dequantize
 from k25ref.mla import MLAWeights
+from k25ref.nn import Bf16Weight
 from k25ref.streaming import IOStats, Reader, WeightCache
 
 TEXT = "language_model.model."
 LM_HEAD = "language_model.lm_head.weight"
 FLOAT = ("BF16", "F16", "F32")          # dtypes accepted for floating weights (the release uses BF16)
+MATRICES = ("q_a_proj.weight", "q_b_proj.weight", "q_proj.weight", "kv_a_proj_with_mqa.weight", "o_proj.weight",
+            "gate_proj.weight", "up_proj.weight", "down_proj.weight")   # what a forward pass takes via matrix()
+HEAD_BLOCK = 64 << 20                   # bytes (as float32) of one block of an output head read block by block
 
 
 def layer_prefix(i):
@@ -164,11 +168,48 @@ def int4_problems(ckpt, cfg: KimiK25Config):
 # typed access through the budgeted cache
 
 
+def expert_bytes(ckpt, cfg: KimiK25Config, prefix):
+    """Bytes routed expert `prefix` takes in the cache: packed codes + float32 scales (float32 if unquantized)."""
+    names = ("gate_proj", "up_proj", "down_proj")
+    if cfg.quant is None:
+        return sum(4 * ckpt.info(f"{prefix}{n}.weight").nbytes // DTYPES[ckpt.info(f"{prefix}{n}.weight").dtype][1]
+                   for n in names)
+    return sum(ckpt.info(f"{prefix}{n}.weight_packed").nbytes
+               + 4 * ckpt.info(f"{prefix}{n}.weight_scale").nbytes // DTYPES[ckpt.info(f"{prefix}{n}.weight_scale").dtype][1]
+               for n in names)
+
+
+def working_set(ckpt, cfg: KimiK25Config):
+    """Bytes a forward pass may hold outside the weight cache, at most (what a memory budget must leave free):
+
+        the dense weights of the largest layer, as cached   a layer in use can be evicted by the prefetch of the next
+      + the largest of them as float32                      widened for one product (NumPy), or read and widened
+      + top-k routed experts, or one expert as float32      stacked for the kernel / dequantized by the reference
+      + one block of the output head                        HEAD_BLOCK, with its stored copy
+    Cached sizes: BF16 matrices stay as stored (Weights.matrix), everything else is float32. Activations (a
+    few rows of width D per token) are not counted.
+    """
+    t, expected = cfg.text, expected_tensors(cfg)
+    dense = [n for n in expected if n.startswith(f"{TEXT}layers.") and ".mlp.experts." not in n]
+    f32 = {n: 4 * ckpt.info(n).nbytes // DTYPES[ckpt.info(n).dtype][1] for n in dense}
+    cached = {n: ckpt.info(n).nbytes if n.endswith(MATRICES) and ckpt.info(n).dtype == "BF16" else f32[n]
+              for n in dense}
+    per_layer = [sum(v for n, v in cached.items() if n.startswith(layer_prefix(i))) for i in range(t.num_hidden_layers)]
+    moe_layers, experts = [i for i in range(t.num_hidden_layers) if t.is_moe_layer(i)], 0
+    if moe_layers:
+        one = expert_bytes(ckpt, cfg, f"{layer_prefix(moe_layers[0])}mlp.experts.0.")
+        dequantized = 3 * t.moe_intermediate_size * t.hidden_size * 4
+        experts = max(t.num_experts_per_tok * one, dequantized)
+    head = 2 * min(HEAD_BLOCK, 4 * t.vocab_size * t.hidden_size)
+    return max(per_layer) + max(f32.values()) + experts + head
+
+
 class Weights:
     """Weights of one checkpoint by concept, read on first use (pread) and kept in `cache`.
 
-    Dense weights are float32 (BF16 widened exactly); routed experts stay packed INT4 (`Int4Weight`) and are
-    dequantized where they are used, so a cached expert costs ~1/7 of its float32 size.
+    Small tensors are float32 (BF16 widened exactly); in a forward pass the big BF16 matrices stay as stored
+    (`matrix`), half the bytes; routed experts stay packed INT4 (`Int4Weight`) and are dequantized where they
+    are used, so a cached expert costs ~1/7 of its float32 size.
     """
 
     def __init__(self, ckpt, cfg: KimiK25Config, cache: WeightCache, reader: Reader = None, prefetcher=None):
@@ -182,8 +223,18 @@ class Weights:
         return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype),
                               4 * info.nbytes // DTYPES[info.dtype][1])
 
-    def optional(self, name):
-        return self.f32(name) if name in self.expected else None
+    def optional(self, name, backend=None):
+        return self.matrix(name, backend) if name in self.expected else None
+
+    def matrix(self, name, backend=None):
+        """A big matrix. With a backend (a forward pass), a BF16 one is cached as stored and handed out as a
+        Bf16Weight: widened one product at a time ("numpy") or read by the bf16 kernel ("numba"), so the cache
+        and a layer in use hold half the bytes of float32. Without one, or for other dtypes: float32."""
+        info = self.ckpt.info(name)
+        if backend is None or info.dtype != "BF16":
+            return self.f32(name)
+        raw = self.cache.get((name, "stored"), lambda: self.reader.read(name), info.nbytes)
+        return Bf16Weight(raw, kernel=backend == "numba")
 
     def embedding_rows(self, ids):  # (T,) -> (T, D): only the rows used are read
         name = f"{TEXT}embed_tokens.weight"
@@ -192,7 +243,8 @@ class Weights:
 
     def head_blocks(self, stored):  # -> iterator of (rows, D) blocks of the output head, top to bottom
         """The lm_head as float32 (or as stored, for the bf16 kernel). Cached whole when it takes at most a
-        quarter of the budget; otherwise read in row blocks on every call (K2.5's head is 2.35 GB as bf16)."""
+        quarter of the budget; otherwise read in blocks of HEAD_BLOCK bytes (as float32) on every call
+        (K2.5's head is 2.35 GB as bf16)."""
         t = self.cfg.text
         name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
         dtype, V = self.ckpt.info(name).dtype, t.vocab_size
@@ -201,7 +253,7 @@ class Weights:
         if self.cache.budget is None or size <= self.cache.budget // 4:
             yield self.cache.get((name, stored), lambda: convert(self.reader.read(name)), size)
             return
-        rows = max(1, (self.cache.budget // 16) // (size // V))
+        rows = max(1, HEAD_BLOCK // (4 * t.hidden_size))
         for a in range(0, V, rows):
             yield convert(self.reader.read_rows(name, a, min(a + rows, V)))
 
@@ -209,16 +261,15 @@ class Weights:
         t = self.cfg.text
         return self.ckpt.info(f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD).dtype
 
-    def attention(self, i):
+    def attention(self, i, backend=None):  # -> MLAWeights (see matrix() for backend)
         p = f"{layer_prefix(i)}self_attn."
-        names = ("kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj", "q_a_proj", "q_a_layernorm",
-                 "q_b_proj", "q_proj")
-        kw = {n: self.optional(f"{p}{n}.weight") for n in names}
+        kw = {m[:-7]: self.optional(f"{p}{m}", backend) for m in MATRICES[:5]}
+        kw.update({n: self.optional(f"{p}{n}.weight") for n in ("kv_a_layernorm", "kv_b_proj", "q_a_layernorm")})
         kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias") for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
         return MLAWeights(**kw)
 
-    def mlp(self, prefix):  # -> (gate_proj, up_proj, down_proj) float32
-        return tuple(self.f32(f"{prefix}{n}.weight") for n in ("gate_proj", "up_proj", "down_proj"))
+    def mlp(self, prefix, backend=None):  # -> (gate_proj, up_proj, down_proj) (see matrix() for backend)
+        return tuple(self.matrix(f"{prefix}{n}.weight", backend) for n in ("gate_proj", "up_proj", "down_proj"))
 
     def router(self, i):  # -> (E, D), (E,)
         p = f"{layer_prefix(i)}mlp.gate."
@@ -230,20 +281,28 @@ class Weights:
         return [n for n in self.expected if n.startswith(p) and ".mlp.experts." not in n and
                 not n.endswith(("weight_packed", "weight_scale", "weight_shape"))]
 
-    def prefetch_layer(self, i):
+    def prefetch_layer(self, i, backend=None):
         """Start reading layer i's dense weights in the background (no-op without a prefetcher)."""
         if self.prefetcher is not None and 0 <= i < self.cfg.text.num_hidden_layers:
             names = self.dense_names(i)
-            self.prefetcher.later(lambda: [self.f32(n) for n in names])
+            self.prefetcher.later(lambda: [self.matrix(n, backend) if n.endswith(MATRICES) else self.f32(n)
+                                           for n in names])
 
     def expert(self, i, e):  # -> (gate_proj, up_proj, down_proj): Int4Weight each (or float32 if unquantized)
         prefix = f"{layer_prefix(i)}mlp.experts.{e}."
         if self.cfg.quant is None:
             return self.mlp(prefix)
         names = ("gate_proj", "up_proj", "down_proj")
-        size = sum(self.ckpt.info(f"{prefix}{n}.weight_packed").nbytes + 2 * self.ckpt.info(f"{prefix}{n}.weight_scale").nbytes
-                   for n in names)                                            # packed codes + float32 scales
-        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in names), size)
+        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in names),
+                              expert_bytes(self.ckpt, self.cfg, prefix), spare=True)
+
+    def expert_chunks(self, used):  # (C,) sorted expert ids -> list of (c,) id arrays, in order
+        """Under a budget, a layer's chosen experts are read and run a token's worth (top-k) at a time, so a
+        long prompt, which can choose every expert, never holds more than that outside the cache."""
+        if self.cache.budget is None:
+            return [used]
+        k = self.cfg.text.num_experts_per_tok
+        return [used[a:a + k] for a in range(0, len(used), k)]
 
     def load_experts(self, i, experts):
         """Count cache hits/misses of layer i's chosen experts and read the missing ones, concurrently when

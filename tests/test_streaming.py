@@ -30,13 +30,33 @@ def test_budget_is_never_exceeded(tiny_dir):
     model = k25ref.load_model(tiny_dir, memory_budget=budget)
     seen = []
     original = model.cache._insert
-    def watch(key, value):
-        original(key, value)
+    def watch(key, value, spare=False):
+        original(key, value, spare)
         seen.append(model.cache.bytes)
     model.cache._insert = watch
     list(model.generate(IDS, 8, stop_ids=()))
     assert seen and max(seen) <= budget
     assert model.cache.bytes_loaded > budget                 # it really had to evict
+
+
+def test_budget_bounds_the_whole_model(tiny_dir):
+    """Everything the decoder allocates (traced by tracemalloc: weights, working set, activations) stays inside
+    the budget when the budget is the working set plus an eighth of the checkpoint: the kernels' path, which
+    keeps a layer's matrices as stored and stacks one token's experts at a time."""
+    import tracemalloc
+    size = sum(os.path.getsize(os.path.join(tiny_dir, f)) for f in os.listdir(tiny_dir) if f.endswith(".safetensors"))
+    budget = k25ref.load_model(tiny_dir).working_set + size // 8
+    list(k25ref.load_model(tiny_dir, memory_budget=budget).generate(IDS, 2, stop_ids=(), backend="numba"))  # JIT
+    model = k25ref.load_model(tiny_dir, memory_budget=budget)
+    assert model.cache.budget == size // 8
+    tracemalloc.start()
+    try:
+        tokens = list(model.generate(IDS * 4, 8, stop_ids=(), backend="numba"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(tokens) == 8 and model.cache.bytes_loaded > model.cache.budget      # it had to evict
+    assert peak <= budget
 
 
 def test_cold_reads_match_the_active_set_and_fall_when_warm(tiny_dir):
@@ -61,6 +81,17 @@ def test_cache_lru_and_shared_loads():
     big = cache.get("d", lambda: np.zeros(100, np.float32))  # over budget: used, not kept
     assert big.size == 100 and "d" not in cache and cache.bytes <= 24
     assert cache.hits == 1 and a is cache.get("a", None)
+
+
+def test_spare_values_are_evicted_first():
+    cache = WeightCache(budget=24)
+    cache.get("expert", lambda: np.zeros(2, np.float32), spare=True)   # 8 bytes, oldest
+    cache.get("dense", lambda: np.zeros(2, np.float32))               # 8 bytes
+    cache.get("expert2", lambda: np.zeros(2, np.float32), spare=True)  # 8 bytes, most recent
+    cache.get("dense2", lambda: np.zeros(4, np.float32))              # 16 bytes: both experts go, "dense" stays
+    assert "dense" in cache and "dense2" in cache and "expert" not in cache and "expert2" not in cache
+    cache.get("dense3", lambda: np.zeros(2, np.float32))              # no spare left: the least recent dense goes
+    assert "dense" not in cache and cache.bytes == 24
 
 
 def test_failed_read_mid_generation_is_clean_and_recoverable(tiny_dir, tmp_path):
