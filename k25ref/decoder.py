@@ -51,8 +51,8 @@ def routed_experts(i, x, idx, g, W: Weights, backend):  # (T, D), (T, A), (T, A)
 def _run_experts(i, x, idx, g, chosen, W: Weights, backend):  # (T, D), (T, A), (T, A), (C,) -> (T, D)
     W.load_experts(i, chosen)                                                 # read what was chosen, at once
     if backend == "numba" and W.cfg.quant is not None:
-        from k25ref.kernels.moe_experts import moe_experts, stack_experts
-        return moe_experts(x, np.searchsorted(chosen, idx), g, stack_experts([W.expert(i, int(e)) for e in chosen]))
+        from k25ref.kernels.moe_experts import moe_experts, gather_experts
+        return moe_experts(x, np.searchsorted(chosen, idx), g, gather_experts([W.expert(i, int(e)) for e in chosen]))
     return moe(x, idx, g, lambda e: W.expert(i, e), None)
 
 

@@ -9,6 +9,8 @@ validates against it (headers only, before any data is read), `make-tiny` writes
 read on first use: BF16 widened exactly to float32, INT4 experts kept packed. The cache and the reader live in
 k25ref/streaming.py.
 """
+from functools import cached_property
+
 import numpy as np
 
 from k25ref.checkpoint import DTYPES, fail, to_float32
@@ -294,7 +296,14 @@ class Weights:
             return self.mlp(prefix)
         names = ("gate_proj", "up_proj", "down_proj")
         return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in names),
-                              expert_bytes(self.ckpt, self.cfg, prefix), spare=True)
+                              self.expert_nbytes, spare=True)
+
+    @cached_property
+    def expert_nbytes(self):
+        """Bytes of one cached routed expert (all have the same shapes: validated on load)."""
+        t = self.cfg.text
+        first = next(i for i in range(t.num_hidden_layers) if t.is_moe_layer(i))
+        return expert_bytes(self.ckpt, self.cfg, f"{layer_prefix(first)}mlp.experts.0.")
 
     def expert_chunks(self, used):  # (C,) sorted expert ids -> list of (c,) id arrays, in order
         """Under a budget, a layer's chosen experts are read and run a token's worth (top-k) at a time, so a

@@ -18,7 +18,7 @@ from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_mat
 from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, bf16_round_numba,
                                         dequantize_row_numba, int4_matmul, int4_matmul_numba, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
-from k25ref.kernels.moe_experts import (stack_experts, _group_by_expert_loops, _moe_experts_loops,
+from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops,
                                         moe_experts, moe_experts_numba)
 from k25ref.kernels.vision_attention import _segment_attention_loops, segment_attention, segment_attention_numba
 from k25ref.make_tiny import preset
@@ -130,13 +130,13 @@ def test_moe_experts_matches_reference(rng, T, E, A, body):
     ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
               lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
     used = np.unique(idx)
-    stacked = stack_experts([ws[e] for e in used])                # only the chosen experts, as the decoder does
+    experts = gather_experts([ws[e] for e in used])                # only the chosen experts, as the decoder does
     rows = np.searchsorted(used, idx)
     if body == "kernel":
-        out = moe_experts(u, rows, g, stacked)
+        out = moe_experts(u, rows, g, experts)
     else:
         out = np.empty((T, D), np.float32)
-        _moe_experts_loops(u, rows, g, *stacked, out)
+        _moe_experts_loops(u, rows, g, *experts, out)
     close(out, ref, f"moe T={T} E={E} A={A}")
 
 

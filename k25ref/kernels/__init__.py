@@ -51,6 +51,12 @@ def launch(kernel, work, *args):
         numba.set_num_threads(threads)
 
 
+def array_list(arrays):
+    """Arrays of one type as a list a kernel takes without copying them: numba's typed List when compiled
+    (a Python list of arrays would be unboxed and reflected on every call), a plain list otherwise."""
+    return numba.typed.List(arrays) if compiled() else list(arrays)
+
+
 def compiled():
     """True when kernels run as machine code (numba present and NUMBA_DISABLE_JIT not set)."""
     return HAVE_NUMBA and not numba.config.DISABLE_JIT

@@ -9,26 +9,25 @@ with `expert(e)` = dequantize(...) of expert e's three INT4 matrices.
 This kernel, in three steps:
   1. group   counting sort of the (token, slot) pairs by expert: pairs of expert e sit at
              order[start[e]:start[e+1]] (serial; T*A pairs);
-  2. up      parallel over (expert, block of rows f) tasks: dequantize row f of gate_proj and up_proj once, dot them
-             with every token of the group -> hidden[pair, f] = silu(gate) * up   (each task owns its f);
-  3. down    parallel over blocks of output rows d: for every chosen expert, dequantize row d of down_proj once and
-             add g[t, slot] * (row . hidden[pair]) into out[t, d]                  (each task owns its d).
-Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in float32. A dequantized row
-is used for four tokens per pass (prefill); a lone token (decoding) gets it straight inside the dot product.
-(Dequantizing each expert once and calling BLAS was slower here: 197 vs 168 ms per small-config prefill
-layer on one thread, and 1.3 s on two, where OpenBLAS and numba threads fight.)
+  2. up      parallel over (expert, block of rows f) tasks: dequantize rows f of gate_proj and up_proj once, dot
+             them with every token of the group -> hidden[pair, f] = silu(gate) * up   (each task owns its f);
+  3. down    parallel over blocks of output rows d: for every chosen expert, dequantize rows d of down_proj once
+             and add g[t, slot] * (row . hidden[pair]) into out[t, d]                  (each task owns its d).
+Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in float32. With several tokens
+(prefill) four dequantized rows meet four tokens per pass (`tile44`); a lone token (decoding) gets each
+weight straight inside the dot product.
 
 The chosen experts come from the same budgeted weight cache as the reference's (`Weights.expert`), and are
-stacked for each call (`stack_experts`): a copy of the packed bytes, small next to the arithmetic.
+handed to the kernel as lists of the cached arrays (`gather_experts`), never copied.
 Checked by tests/test_kernels.py::test_moe_experts_matches_reference (also with NUMBA_DISABLE_JIT=1).
 """
 import numpy as np
 
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight
-from k25ref.kernels import jit, launch, prange
-from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, dequantize_dot_numba, dequantize_row_numba, dots4_numba,
-                                        split_nibbles_numba)
+from k25ref.kernels import array_list, jit, launch, prange
+from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, dequantize_dot_numba, dequantize_row_numba, split_nibbles_numba,
+                                        tile44_numba)
 
 
 def _group_by_expert_loops(idx, E, start, order):  # (T, A) int64 -> start: (E+1,), order: (T*A,) pair ids t*A+a
@@ -51,12 +50,19 @@ def _group_by_expert_loops(idx, E, start, order):  # (T, A) int64 -> start: (E+1
 group_by_expert_numba = jit(_group_by_expert_loops)
 
 
+def _split_col_loops(f, Wf):  # row f of an up projection -> its column in split (nibble-major) order
+    return (f % 8) * Wf + f // 8
+
+
+split_col = jit(_split_col_loops)
+
+
 def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, out):
-    # u: (T, D) f32   idx, g: (T, A)   gate_p/up_p: (E, F, D/8) int32   gate_s/up_s: (E, F, D/G) f32
-    # down_p: (E, D, F/8) int32   down_s: (E, D, F/G) f32   -> out: (T, D) f32 (overwritten)
+    # u: (T, D) f32   idx, g: (T, A)   gate_p/up_p: E x (F, D/8) int32   gate_s/up_s: E x (F, D/G) f32
+    # down_p: E x (D, F/8) int32   down_s: E x (D, F/G) f32   (lists of arrays)  -> out: (T, D) f32 (overwritten)
     T, D = u.shape
     A = idx.shape[1]
-    E, F = gate_p.shape[0], gate_p.shape[1]
+    E, F = len(gate_p), gate_p[0].shape[0]
     start, order = np.empty(E + 1, np.int64), np.empty(T * A, np.int64)
     group_by_expert_numba(idx, E, start, order)
     chosen = np.array([e for e in range(E) if start[e + 1] > start[e]], dtype=np.int64)   # (C,)
@@ -70,77 +76,91 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
         e, f0 = chosen[task // nf], (task % nf) * R
         n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
         tokens = pairs // A                                        # (n,) who chose e
-        wg, wu, s_w = np.empty(D, np.float32), np.empty(D, np.float32), np.empty(D // 8, np.float32)
-        for f in range(f0, min(F, f0 + R)):
-            col = (f % 8) * Wf + f // 8                            # f's place in split order
+        wg, wu, s_w = np.empty((4, D), np.float32), np.empty((4, D), np.float32), np.empty(D // 8, np.float32)
+        gate, up = np.empty((4, 4), np.float32), np.empty((4, 4), np.float32)
+        for f in range(f0, min(F, f0 + R), 4):                    # four rows f at a time
+            rows = min(4, F - f)
             if n == 1:                                             # one token (decoding): fused dequant + dot
-                a_gate = dequantize_dot_numba(gate_p[e, f], gate_s[e, f], s_w, us[tokens[0]])
-                a_up = dequantize_dot_numba(up_p[e, f], up_s[e, f], s_w, us[tokens[0]])
-                hidden[pairs[0], col] = a_gate / (np.float32(1.0) + np.exp(-a_gate)) * a_up
+                for r in range(rows):
+                    a_gate = dequantize_dot_numba(gate_p[e][f + r], gate_s[e][f + r], s_w, us[tokens[0]])
+                    a_up = dequantize_dot_numba(up_p[e][f + r], up_s[e][f + r], s_w, us[tokens[0]])
+                    hidden[pairs[0], split_col(f + r, Wf)] = a_gate / (np.float32(1.0) + np.exp(-a_gate)) * a_up
                 continue
-            dequantize_row_numba(gate_p[e, f], gate_s[e, f], s_w, wg)
-            dequantize_row_numba(up_p[e, f], up_s[e, f], s_w, wu)
+            for r in range(4):                                     # a short tail repeats its last row
+                k = f + min(r, rows - 1)
+                dequantize_row_numba(gate_p[e][k], gate_s[e][k], s_w, wg[r])
+                dequantize_row_numba(up_p[e][k], up_s[e][k], s_w, wu[r])
             for b in range(0, n, 4):                               # four tokens per pass over the rows
                 last = min(b + 3, n - 1)                           # a short tail repeats its last token
                 q = (tokens[b], tokens[min(b + 1, last)], tokens[min(b + 2, last)], tokens[last])
-                gate = dots4_numba(wg, us, q[0], q[1], q[2], q[3])
-                up = dots4_numba(wu, us, q[0], q[1], q[2], q[3])
-                for m in range(last - b + 1):
-                    hidden[pairs[b + m], col] = gate[m] / (np.float32(1.0) + np.exp(-gate[m])) * up[m]
+                tile44_numba(wg, us, q[0], q[1], q[2], q[3], gate)
+                tile44_numba(wu, us, q[0], q[1], q[2], q[3], up)
+                for r in range(rows):
+                    for m in range(last - b + 1):
+                        a = gate[r, m]
+                        hidden[pairs[b + m], split_col(f + r, Wf)] = a / (np.float32(1.0) + np.exp(-a)) * up[r, m]
     for task in prange(nd):                                        # 3. down: a block of output rows d
-        w, s_w = np.empty(F, np.float32), np.empty(Wf, np.float32)
-        for d in range(task * R, min(D, task * R + R)):
+        w, s_w, y = np.empty((4, F), np.float32), np.empty(Wf, np.float32), np.empty((4, 4), np.float32)
+        for d in range(task * R, min(D, task * R + R), 4):         # four rows d at a time
+            rows = min(4, D - d)
             for t in range(T):
-                out[t, d] = 0.0
+                for r in range(rows):
+                    out[t, d + r] = 0.0
             for c in range(C):
                 e = chosen[c]
                 n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
                 if n == 1:                                         # one token: fused dequant + dot
-                    y = dequantize_dot_numba(down_p[e, d], down_s[e, d], s_w, hidden[pairs[0]])
-                    out[pairs[0] // A, d] += g[pairs[0] // A, pairs[0] % A] * y
+                    t, gt = pairs[0] // A, g[pairs[0] // A, pairs[0] % A]
+                    for r in range(rows):
+                        out[t, d + r] += gt * dequantize_dot_numba(down_p[e][d + r], down_s[e][d + r], s_w,
+                                                                   hidden[pairs[0]])
                     continue
-                dequantize_row_numba(down_p[e, d], down_s[e, d], s_w, w)
+                for r in range(4):
+                    k = d + min(r, rows - 1)
+                    dequantize_row_numba(down_p[e][k], down_s[e][k], s_w, w[r])
                 for b in range(0, n, 4):
                     last = min(b + 3, n - 1)
                     q = (pairs[b], pairs[min(b + 1, last)], pairs[min(b + 2, last)], pairs[last])
-                    y4 = dots4_numba(w, hidden, q[0], q[1], q[2], q[3])
-                    for m in range(last - b + 1):
-                        out[q[m] // A, d] += g[q[m] // A, q[m] % A] * y4[m]
+                    tile44_numba(w, hidden, q[0], q[1], q[2], q[3], y)
+                    for r in range(rows):
+                        for m in range(last - b + 1):
+                            out[q[m] // A, d + r] += g[q[m] // A, q[m] % A] * y[r, m]
 
 
 moe_experts_numba = jit(_moe_experts_loops, parallel=True)
 
 
-def stack_experts(experts):  # [(gate, up, down) Int4Weight] * n -> six stacked arrays for the kernel
-    """The chosen experts of one call, packed codes and scales stacked along a new first axis (expert k of the
-    list is row k). Built per call from weights the budgeted cache holds, so the budget stays the only store."""
+def gather_experts(experts):  # [(gate, up, down) Int4Weight] * n -> six lists of arrays for the kernel
+    """The chosen experts of one call, packed codes and scales as lists (expert k of the argument is entry k),
+    the arrays themselves: the kernel reads the weights where the budgeted cache holds them, copying nothing."""
     mats = list(zip(*experts))                                                 # gate, up, down: n each
     for ws in mats:
         for w in ws:
             check(w, ws[0].packed.shape, ws[0].scale.shape[1])
-    return tuple(np.stack([getattr(w, f) for w in ws]) for ws in mats for f in ("packed", "scale"))
+    return tuple(array_list([np.ascontiguousarray(getattr(w, f)) for w in ws]) for ws in mats
+                 for f in ("packed", "scale"))
 
 
 def check(w: Int4Weight, packed_shape, n_groups):
     if w.packed.shape != packed_shape or w.scale.shape[1] != n_groups or w.group_size % 8:
-        raise ConfigError(f"INT4 expert of shape {w.shape} (group {w.group_size}) does not fit the stacked "
-                         f"layout {packed_shape}, {n_groups} groups")
+        raise ConfigError(f"INT4 expert of shape {w.shape} (group {w.group_size}) does not match the other chosen "
+                          f"experts' layout {packed_shape}, {n_groups} groups")
 
 
-def moe_experts(u, idx, g, stacked):  # (T, D), (T, A), (T, A) -> (T, D) float32
-    """The routed part of `moe.moe` through the kernel (add the shared expert yourself). `stacked` is
-    `stack_experts(...)`; idx holds rows of that stack (0..n-1), not global expert ids."""
+def moe_experts(u, idx, g, experts):  # (T, D), (T, A), (T, A) -> (T, D) float32
+    """The routed part of `moe.moe` through the kernel (add the shared expert yourself). `experts` is
+    `gather_experts(...)`; idx holds positions in that list (0..n-1), not global expert ids."""
     T, D = u.shape
     out = np.empty(u.shape, np.float32)
-    work = idx.size * 3 * D * stacked[0].shape[1]                              # T*A*3*D*F multiply-adds
+    work = idx.size * 3 * D * experts[0][0].shape[0]                           # T*A*3*D*F multiply-adds
     launch(moe_experts_numba, work, np.ascontiguousarray(u, np.float32), np.ascontiguousarray(idx, np.int64),
-           np.ascontiguousarray(g, np.float32), *stacked, out)
+           np.ascontiguousarray(g, np.float32), *experts, out)
     return out
 
 
 def warmup_calls():
     from k25ref.int4 import quantize
     ones = np.ones((16, 16), np.float32)
-    experts = stack_experts([(quantize(ones, 8), quantize(ones, 8), quantize(ones, 8))] * 2)
+    experts = gather_experts([(quantize(ones, 8), quantize(ones, 8), quantize(ones, 8))] * 2)
     u, idx, g = np.ones((2, 16), np.float32), np.array([[0], [1]]), np.ones((2, 1), np.float32)
     yield "moe_experts", lambda: moe_experts(u, idx, g, experts)
