@@ -51,9 +51,9 @@ class Model:
     def embed(self, input_ids):  # (T,) -> (T, D)
         return self.weights.embedding_rows(self.check_ids(input_ids))
 
-    def vision_features(self, pixel_values, grid_thw, capture=None):  # -> (sum h*w/4, D)
+    def vision_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (sum h*w/4, D)
         """MoonViT + projector: one row per merged 2x2 patch group (a video chunk's frames are pooled)."""
-        return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture)
+        return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture, backend)
 
     def embed_prompt(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, D)
         """Token embeddings with image/video features scattered, in order, over the media placeholder ids.
@@ -104,6 +104,8 @@ class Model:
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)
+        # media go through the NumPy vision path whatever the backend: its BLAS attention is faster than the
+        # segment-attention kernel (docs/performance.md, vision encode)
         embeds = self.embed_prompt(ids, pixel_values, grid_thw) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]

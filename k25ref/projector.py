@@ -50,13 +50,14 @@ def project(W, cfg: KimiK25Config, merged):  # (M, 4, Dvis) -> (M, D)
     return h @ W.f32(f"{PROJECTOR}proj.2.weight").T + W.f32(f"{PROJECTOR}proj.2.bias")        # (M, D)
 
 
-def vision_features(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None):  # (N, 3, P, P), (I, 3) -> (M, D)
+def vision_features(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
+                    backend="numpy"):  # (N, 3, P, P), (I, 3) -> (M, D)
     """Images and video chunks -> one LLM embedding per merged 2x2 block, in prompt order.
 
     Row counts: item [t, h, w] gives h*w/4 rows (k25ref.multimodal.count_media_tokens). `capture` also
     receives `vision.tower` (final LayerNorm output), `vision.merged` and `vision.features`.
     """
-    y = vision_tower(W, cfg, pixel_values, grid_thw, capture)                       # (N, Dvis), grid checked
+    y = vision_tower(W, cfg, pixel_values, grid_thw, capture, backend)              # (N, Dvis), grid checked
     merged = temporal_merge(y, grid_thw)                                            # (M, 4, Dvis)
     features = project(W, cfg, merged)                                              # (M, D)
     if capture is not None:

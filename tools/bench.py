@@ -55,6 +55,9 @@ SHAPES = {   # text-decoder hub keys laid over the "tiny" preset (vision removed
                    topk_group=4, vocab_size=32768),
 }
 ENGINES = ["k25ref-numpy", "k25ref-numba", "oracle-eager", "oracle-grouped"]
+VISION = dict(vt_hidden_size=384, vt_num_hidden_layers=6, vt_num_attention_heads=6, vt_intermediate_size=1536,
+              mm_hidden_size=384, init_pos_emb_height=64, init_pos_emb_width=64)   # "small vision": MoonViT / 3
+VISION_ENGINES = ["k25ref-numpy", "k25ref-numba", "oracle-eager"]
 
 
 # ----------------------------------------------------------------------------
@@ -86,6 +89,54 @@ def build(name, workdir):
             if json.load(f) == hub:
                 return out
     make_tiny(out, seed=0, shards=2, config=hub, tokenizer=False)
+    return out
+
+
+def build_vision(workdir):
+    """The small vision config (VISION over the tiny preset's text decoder), written once; its folder."""
+    from k25ref.make_tiny import make_tiny, preset
+    out, hub = os.path.join(workdir, "vision-small"), preset("tiny")
+    hub["vision_config"].update(VISION)
+    if not os.path.exists(os.path.join(out, "config.json")):
+        make_tiny(out, seed=0, shards=1, config=hub, tokenizer=False)
+    return out
+
+
+def vision_inputs():
+    """-> {name: (pixel_values, grid_thw)}: a 448x448 image and one 4-frame 448x448 video chunk."""
+    from PIL import Image
+    from k25ref.media import preprocess_image, preprocess_video
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (448, 448, 3), dtype=np.uint8)) for _ in range(4)]
+    pv, grid, _ = preprocess_video(frames, fps=2.0)
+    return {"image 448x448": preprocess_image(frames[0]), "video chunk 4x448x448": (pv, grid)}
+
+
+def vision_worker(engine, path, threads, n=3):
+    """Seconds to encode each vision input (tower + projector), best of n after a warm-up."""
+    if engine.startswith("oracle"):
+        import torch
+        from oracle_vision import load_oracle
+        torch.set_num_threads(threads)
+        tower, projector, _ = load_oracle(path)
+
+        @torch.no_grad()
+        def encode(pv, grid):
+            return projector(tower(torch.from_numpy(pv), grid_thw=torch.from_numpy(grid)).pooler_output)
+    else:
+        from k25ref.model import load_model
+        if engine == "k25ref-numba":
+            from k25ref.kernels import warmup
+            warmup()
+        model = load_model(path)
+
+        def encode(pv, grid):
+            return model.vision_features(pv, grid, backend=engine.split("-")[1])
+    out = {"engine": engine}
+    for name, (pv, grid) in vision_inputs().items():
+        encode(pv, grid)
+        out[name] = best_of(lambda: encode(pv, grid), n)[0]
+    out["peak_rss"] = peak_rss()
     return out
 
 
@@ -209,11 +260,13 @@ def worker(engine, path, threads):
     return out
 
 
-def run_worker(engine, path, threads):
+def run_worker(engine, path, threads, workdir=None):
     blas = 1 if engine == "k25ref-numba" else threads      # BLAS threads would compete with numba's (and stall)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(blas), MKL_NUM_THREADS=str(blas))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, path, "--threads", str(threads)]
+    if workdir:
+        cmd += ["--workdir", workdir]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         return {"engine": engine, "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
@@ -230,6 +283,14 @@ def best_run(runs):
     best["prefill_tps"] = max(r["prefill_tps"] for r in ok)
     best["peak_rss"] = max(r["peak_rss"] for r in ok)
     return best
+
+
+def best_vision(runs):
+    """Per input, the fastest of repeated runs of one engine."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    return {k: (min(r[k] for r in ok) if k != "engine" else v) for k, v in ok[0].items()}
 
 
 def have_oracle():
@@ -332,14 +393,22 @@ def markdown_section(report):
               f"numba {report['versions'].get('numba')}, torch {report['versions'].get('torch')}, "
               f"transformers {report['versions'].get('transformers')}.", "",
               f"Prefill: {PREFILL} tokens from an empty KV cache, after a warm-up run of the same prompt (k25ref "
-              "reads weights on first use, the oracle at load; timing starts with both holding them). Decode: {DECODE} greedy tokens after that prompt, "
-              "one token per forward with the cache. Same checkpoint and tokens for every engine; each engine in its "
-              "own process (peak RSS is its own), best of "
+              "reads weights on first use, the oracle at load; timing starts with both holding them). "
+              f"Decode: {DECODE} greedy tokens after that prompt, one token per forward with the cache. Same "
+              "checkpoint and tokens for every engine; each engine in its own process (peak RSS is its own), best of "
               f"{report.get('repeat', 1)} round-robin runs. `same` counts greedy tokens equal to the first "
               "engine's. Ratio = k25ref-numba / oracle-eager.", "",
               "| config | engine | prefill tok/s | decode tok/s | peak RSS MiB | same | k25ref/oracle |",
               "|---|---|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report["results"])]
+    if report.get("vision"):
+        lines += ["", "### Vision encode (tower + projector), small vision config", "",
+                  f"MoonViT at a third of K2.5's width: {VISION['vt_num_hidden_layers']} blocks of width "
+                  f"{VISION['vt_hidden_size']}, {VISION['vt_num_attention_heads']} heads, 64 x 64 position table. "
+                  "Best of 3 after a warm-up, seconds; ratio = oracle / k25ref-numba.", "",
+                  "| input | " + " | ".join(report["vision"]) + " | k25ref/oracle speed |",
+                  "|---|" + "---:|" * (len(report["vision"]) + 1)]
+        lines += ["| " + line + " |" for line in vision_lines(report, sep=" | ")]
     lines += ["", "### INT4 matvec (2048 x 7168, one expert matrix)", "",
               f"Memory bandwidth (NumPy copy of 256 MiB, read + write bytes): {m['copy_GBps']:.1f} GB/s.", "",
               "| | INT4 kernel ms | NumPy float32 GEMV ms | speed-up | INT4 packed GB/s | fraction of copy bandwidth |",
@@ -364,10 +433,27 @@ def markdown_section(report):
     return lines + [""]
 
 
+def vision_lines(report, sep="  "):
+    """One line per vision input: seconds per engine, and the oracle's time over k25ref-numba's."""
+    v = report.get("vision") or {}
+    ok = {e: r for e, r in v.items() if "error" not in r}
+    if not ok:
+        return [f"vision: {e} error {r['error'][:60]}" for e, r in v.items()]
+    names = [k for k in next(iter(ok.values())) if k not in ("engine", "peak_rss")]
+    lines = []
+    for name in names:
+        cells = [f"{v[e][name]:.3f} s" if e in ok else "error" for e in v]
+        speed = (f"{ok['oracle-eager'][name] / ok['k25ref-numba'][name]:.2f}x"
+                 if "oracle-eager" in ok and "k25ref-numba" in ok else "")
+        lines.append(sep.join([name] + cells + [speed]))
+    return lines
+
+
 def text_table(report):
     out = [f"{'config':8} {'engine':16} {'prefill/s':>10} {'decode/s':>9} {'RSS MiB':>8} {'same':>6}  ratio"]
     out += [f"{r[0]:8} {r[1]:16} {r[2]:>10} {r[3]:>9} {r[4]:>8} {r[5]:>6}  {r[6]}"
             for r in table_rows(report["results"])]
+    out += vision_lines(report)
     m = report["matvec"]
     out.append(f"INT4 matvec 2048x7168: warm {m['int4_warm_ms'][0]:.2f} ms vs numpy {m['numpy_warm_ms'][0]:.2f} ms "
                f"({m['speedup_warm'][0]:.2f}x); cold {m['int4_cold_ms'][0]:.2f} vs {m['numpy_cold_ms'][0]:.2f} ms "
@@ -404,13 +490,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=2, help="runs per engine, round robin; the best is kept")
     ap.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     ap.add_argument("--markdown", action="store_true", help="docs/performance.md on stdout")
+    ap.add_argument("--no-vision", action="store_true", help="skip the vision encode benchmark")
     ap.add_argument("--profile", metavar="CONFIG", help="cProfile k25ref decoding on CONFIG and exit")
     ap.add_argument("--from-json", nargs="+", metavar="FILE", help="render saved --json reports instead of measuring")
     ap.add_argument("--startup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        result = matvec_bench() if a.worker[0] == "matvec" else worker(a.worker[0], a.worker[1], a.threads)
+        if a.worker[0] == "matvec":
+            result = matvec_bench()
+        elif a.worker[1] == "vision":
+            result = vision_worker(a.worker[0], build_vision(a.workdir), a.threads)
+        else:
+            result = worker(a.worker[0], a.worker[1], a.threads)
         print(json.dumps(result))
         return
     if a.startup:
@@ -441,6 +533,12 @@ def main():
         runs = [{e: run_worker(e, path, a.threads) for e in engines} for _ in range(a.repeat)]   # round robin
         report["results"][name] = {e: best_run([r[e] for r in runs]) for e in engines}
         print(f"[{name} done]", file=sys.stderr)
+    if not a.no_vision:
+        engines_v = [e for e in VISION_ENGINES if have_oracle() or not e.startswith("oracle")]
+        build_vision(a.workdir)
+        runs = [{e: run_worker(e, "vision", a.threads, a.workdir) for e in engines_v} for _ in range(a.repeat)]
+        report["vision"] = {e: best_vision([r[e] for r in runs]) for e in engines_v}
+        print("[vision done]", file=sys.stderr)
     report["matvec"] = run_worker("matvec", "-", a.threads)
     report["jit_first"], report["startup_uncached_s"] = first_compile_seconds(a.threads)
     report["startup_cached_s"] = startup_seconds(a.threads)
