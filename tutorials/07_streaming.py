@@ -106,11 +106,13 @@ assert abs(sum(parts.values()) - s["bytes_read_per_decoded_token"]) < 1e-6 * s["
 
 # %% [markdown]
 # ## A tiny model under a memory budget
-# The same machinery on a small checkpoint: `load_model(path, memory_budget=bytes)` keeps at most that many
-# bytes of converted weights (least recently used go first) and reads the rest again when needed.
+# The same machinery on a small checkpoint: `load_model(path, memory_budget=bytes)` holds at most that many
+# bytes: the working set of one forward pass (`model.working_set`, from the tensor sizes) plus a cache of
+# weights in the rest (least recently used go first, routed experts before dense weights); everything else is
+# read again when needed.
 # Claims: (1) the logits and the greedy tokens do not depend on the budget; (2) the cache never holds more
-# than the budget; (3) with no budget, the first decoded token reads the active set (as `summarize` counts
-# it) and later tokens read only what they have not seen (new experts, one embedding row).
+# than the budget less the working set; (3) with no budget, the first decoded token reads the active set (as
+# `summarize` counts it) and later tokens read only what they have not seen (new experts, one embedding row).
 
 # %%
 tiny = make_tiny(os.path.join(scratch.name, "tiny"), "tiny", seed=0, shards=3)
@@ -126,16 +128,17 @@ def bytes_per_step(model):                                             # prefill
         reads.append(model.stats.snapshot()["bytes_read"] - before)
     return reads
 
-budgets = {"no budget": None, "budget = checkpoint / 4": size // 4, "budget = 1 byte": 1}
+working = k25ref.load_model(tiny).working_set
+budgets = {"no budget": None, "cache = checkpoint / 4": working + size // 4, "budget = 1 byte": 1}
 reads, tokens = {}, {}
 for label, budget in budgets.items():
     model = k25ref.load_model(tiny, memory_budget=budget)
     tokens[label] = list(model.generate(ids, 6, stop_ids=()))
     reads[label] = bytes_per_step(k25ref.load_model(tiny, memory_budget=budget))
-    assert budget is None or model.cache.bytes <= budget                          # claim 2
+    assert budget is None or model.cache.bytes <= max(budget - working, 0)       # claim 2
     print(f"{label:<24} read {sum(reads[label]) / 1e6:6.2f} MB over {steps + 1} calls; tokens {tokens[label]}")
 assert len({tuple(v) for v in tokens.values()}) == 1                                # claim 1
-eager, small = k25ref.load_model(tiny), k25ref.load_model(tiny, memory_budget=size // 8)
+eager, small = k25ref.load_model(tiny), k25ref.load_model(tiny, memory_budget=working + size // 6)
 assert np.allclose(eager.logits(ids), small.logits(ids), rtol=1e-6, atol=1e-6)
 
 one = k25ref.load_model(tiny)
@@ -145,16 +148,42 @@ print(f"first token, cold: {cold} bytes read; active set: {active} bytes")
 assert active <= cold <= 1.3 * active + 4096                                         # claim 3 (+ weight_shape)
 assert max(reads["no budget"][1:]) < reads["no budget"][0]
 
+# %% [markdown]
+# ## Which experts a warm cache still holds, layer by layer
+# Decode 24 tokens under a budget whose cache holds a sixth of the checkpoint and count, per token and
+# per MoE layer, how many of the chosen experts were still cached (`model.stats`: per-layer hits and misses).
+# Claim (4): the hit rate starts at 0 (an empty cache) and rises as tokens reuse experts.
+
 # %%
-fig = Figure(figsize=(10, 3.2))
-ax = fig.add_subplot(1, 2, 1)
+tokens_n = 24
+model = k25ref.load_model(tiny, memory_budget=working + size // 6)
+cache, token, hit_rates = model.new_cache(), np.array(ids), []
+for _ in range(tokens_n):
+    before = model.stats.snapshot()
+    token = np.array([int(np.argmax(model.forward(token, cache, absorbed=True)[-1]))])
+    after = model.stats.snapshot()
+    layers = sorted(after["expert_hits"].keys() | after["expert_misses"].keys())
+    row = []
+    for layer in layers:
+        h = after["expert_hits"].get(layer, 0) - before["expert_hits"].get(layer, 0)
+        m = after["expert_misses"].get(layer, 0) - before["expert_misses"].get(layer, 0)
+        row.append(h / max(h + m, 1))
+    hit_rates.append(row)
+hit_rates = np.array(hit_rates)                                                  # (tokens, MoE layers)
+print("expert hit rate per MoE layer, first call / mean of the last 8:", hit_rates[0].round(2),
+      hit_rates[-8:].mean(0).round(2))
+assert hit_rates[0].max() == 0 and hit_rates[-8:].mean() > 0.2                    # claim 4
+
+# %%
+fig = Figure(figsize=(15, 3.2))
+ax = fig.add_subplot(1, 3, 1)
 names = list(parts)
 ax.barh(names, [parts[k] / 1e9 for k in names], color="tab:blue")
 ax.set_xlabel("GB read per decoded token (bf16 / INT4 as stored)")
 ax.set_title(f"K2.5: {s['bytes_read_per_decoded_token'] / 1e9:.0f} GB of {s['bytes_total'] / 1e9:.0f} GB "
              f"per token; {s['bytes_read_per_decoded_token'] / 3e9:.0f} s at 3 GB/s if nothing is cached", fontsize=8)
 ax.tick_params(axis="y", labelsize=7)
-ax2 = fig.add_subplot(1, 2, 2)
+ax2 = fig.add_subplot(1, 3, 2)
 for label, r in reads.items():
     ax2.plot(range(len(r)), np.array(r) / 1e3, "o-", ms=3, label=label)
 ax2.set_yscale("symlog", linthresh=1)
@@ -162,10 +191,19 @@ ax2.set_xlabel("call (0 = prefill of 6 tokens, then one decoded token each)")
 ax2.set_ylabel("KB read from disk")
 ax2.set_title("tiny model: reads per call under three budgets", fontsize=8)
 ax2.legend(fontsize=7)
+ax3 = fig.add_subplot(1, 3, 3)
+for j, layer in enumerate(layers):
+    ax3.plot(range(tokens_n), hit_rates[:, j], "o-", ms=3, label=f"layer {layer}")
+ax3.set_xlabel("call (0 = prefill, then one decoded token each)")
+ax3.set_ylabel("chosen experts already cached")
+ax3.set_ylim(-0.05, 1.05)
+ax3.set_title("tiny model, cache = checkpoint / 6: expert hit rate per layer", fontsize=8)
+ax3.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(os.path.join(FIGURES, "07_streaming.png"), dpi=90)
 
 # %% [markdown]
 # **Exercise.** How many bytes would the KV cache add per token at 256K context (`s["cache_bytes_per_token_latent"]`),
 # and how does that compare with the weights a token reads? Then run
-# `k25ref generate --max-memory 200KB --stats -n 8` and read the hit rates per layer.
+# `k25ref generate --max-memory 10MB --stats -n 8` (the embedded model's working set is about 8 MB) and read the
+# hit rates per layer.
