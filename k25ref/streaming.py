@@ -54,19 +54,20 @@ class Reader:
 
     def __init__(self, ckpt, stats: IOStats):
         self.ckpt, self.stats = ckpt, stats
-        self.fds, self.lock = {}, threading.Lock()
+        self.fds, self.sizes, self.lock = {}, {}, threading.Lock()
 
-    def _fd(self, name):
+    def _fd(self, name):  # -> (fd, shard file, the shard's size as validated)
         shard = self.ckpt.where[name]
         with self.lock:
             if shard not in self.fds:
+                f = self.ckpt.files[shard]
                 self.fds[shard] = os.open(os.path.join(self.ckpt.folder, shard), os.O_RDONLY)
-            return self.fds[shard], self.ckpt.files[shard]
+                self.sizes[shard] = 8 + f.header_len + max(i.end for i in f.infos.values())
+            return self.fds[shard], self.ckpt.files[shard], self.sizes[shard]
 
     def read_bytes(self, name, start, stop):  # byte range [start, stop) of a tensor -> (stop-start,) uint8
-        fd, f = self._fd(name)
+        fd, f, expected = self._fd(name)
         info = f.infos[name]
-        expected = 8 + f.header_len + max(i.end for i in f.infos.values())
         if os.fstat(fd).st_size != expected:
             fail(f.path, "file_changed", f"the file is now {os.fstat(fd).st_size} bytes, expected {expected}", name)
         out = np.empty(stop - start, np.uint8)
@@ -93,6 +94,7 @@ class Reader:
             for fd in self.fds.values():
                 os.close(fd)
             self.fds.clear()
+            self.sizes.clear()
 
 
 def _size(value):

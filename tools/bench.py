@@ -478,7 +478,7 @@ def profile(name, workdir, n=16):
     for _ in range(n):
         token = decode(cache, token)
     prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    pstats.Stats(prof).sort_stats(os.environ.get("K25REF_PROFILE_SORT", "tottime")).print_stats(25)
 
 
 def main():
