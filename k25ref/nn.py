@@ -71,8 +71,10 @@ def gelu_erf(x):  # (...) -> (...)
 
 def softmax(x, axis=-1):  # (...) -> (...)
     """softmax along `axis`, shifted by the max for stability; -inf entries get weight 0."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = x - np.max(x, axis=axis, keepdims=True)                                 # one new array, then in place
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def swiglu(x, gate_proj, up_proj, down_proj):  # (T, D), (F, D), (F, D), (D, F) -> (T, D)
