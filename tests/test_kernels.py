@@ -120,7 +120,8 @@ def test_group_by_expert_is_a_stable_counting_sort():
 # decode; experts shared by tokens; A = E; several 4-token passes with a tail
 @pytest.mark.parametrize("T, E, A", [(1, 4, 2), (5, 6, 3), (3, 4, 4), (19, 4, 2)])
 @pytest.mark.parametrize("body", ["kernel", "loops"])
-def test_moe_experts_matches_reference(rng, T, E, A, body):
+@pytest.mark.parametrize("stack", [True, False])
+def test_moe_experts_matches_reference(rng, T, E, A, body, stack):
     D, F = 64, 32
     ws = _experts(rng, E, D, F)
     u = rng.standard_normal((T, D), dtype=np.float32)
@@ -130,7 +131,7 @@ def test_moe_experts_matches_reference(rng, T, E, A, body):
     ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
               lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
     used = np.unique(idx)
-    experts = gather_experts([ws[e] for e in used])                # only the chosen experts, as the decoder does
+    experts = gather_experts([ws[e] for e in used], stack)         # only the chosen experts, as the decoder does
     rows = np.searchsorted(used, idx)
     if body == "kernel":
         out = moe_experts(u, rows, g, experts)
