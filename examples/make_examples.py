@@ -2,7 +2,8 @@
 
     python examples/make_examples.py
 
-red_circle.png      300x200 RGB still image: 300x200 -> padded 308x224, 88 tokens
+red_circle.png      300x200 RGB still image, a red circle in the center on dark grey: 300x200 -> padded
+                    308x224, 88 tokens
 alpha_badge.png     96x64 RGBA image whose transparent corners store blue: the pipeline drops alpha, so
                     the corners reach the model blue, not white or black
 moving_square.gif   30 frames at 100 ms (10 fps, 3 s), 64x48: sampled at 2 fps -> frames 0 6 12 17 | 23 29,
@@ -17,7 +18,8 @@ HERE = Path(__file__).parent
 
 
 def red_circle():
-    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    # a background the shapes world has: far from all seven object colours (k25ref.shapes' fallback colour)
+    image = Image.new("RGB", (300, 200), (30, 30, 30))
     ImageDraw.Draw(image).ellipse((90, 40, 210, 160), fill=(220, 20, 30), outline=(0, 0, 0), width=3)
     image.save(HERE / "red_circle.png", optimize=True)
 

@@ -125,7 +125,7 @@ def random_image(rng, size=None):
     draw = ImageDraw.Draw(image)
     short = min(size)
     for o in objects:
-        r = short * rng.uniform(0.12, 0.3 if n == 1 else 0.2)
+        r = short * (rng.uniform(0.18, 0.32) if n == 1 else rng.uniform(0.15, 0.2))
         _draw(draw, rng, o.shape, o.colour, *_centre(rng, o.position, size, r), r)
     return image, caption(objects), objects
 
@@ -137,7 +137,7 @@ def random_video(rng, size=None):
     W, H = size
     o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
     frames_n = int(rng.integers(4, 9))
-    r = min(size) * rng.uniform(0.1, 0.2)
+    r = min(size) * rng.uniform(0.14, 0.22)
     dx, dy = DIRECTIONS[o.direction]
     travel = rng.uniform(0.4, 0.7)                                          # fraction of the frame crossed
     # start on the trailing side, cross-axis position anywhere

@@ -172,3 +172,29 @@ def test_nano_agrees_with_the_oracle(torch_side, nano):
     orc = oracle.load_oracle(NANO_PATH)
     ids = np.array(tok.encode("ROMEO:\nWhat light through yonder window breaks? It is the east."), np.int64)
     assert rel_err(model.logits(ids), oracle.oracle_logits(orc, ids)) < 1e-3
+
+
+def test_token_labels_name_the_object_each_token_shows(torch_side):
+    """The trainer's read-out targets: object tokens carry the object's colour x shape and its position (or
+    direction); the other tokens are background; and they sit where the object's pixels are."""
+    from k25ref import media
+    train_nano, _ = torch_side
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        image, _, objects = shapes.random_image(rng, (112, 112))
+        pv, grid = media.preprocess_image(image)
+        kind, where, on = train_nano.token_labels(pv, grid, objects)
+        t, h, w = grid[0]
+        assert kind.shape == (h * w // 4,) and on.any() and not on.all()
+        kinds = {1 + list(shapes.COLOURS).index(o.colour) * 3 + shapes.SHAPES.index(o.shape) for o in objects}
+        assert set(kind[on].tolist()) <= kinds and (kind[~on] == 0).all()
+        named = {list(shapes.POSITIONS).index(o.position) for o in objects}
+        assert set(where[on].tolist()) <= named
+        for o in objects:                                   # the object's own colour fills one of its tokens
+            token = np.argmax(object_mask(image, o.colour)[:h // 2 * 28, :w // 2 * 28]
+                              .reshape(h // 2, 28, w // 2, 28).sum((1, 3)))
+            assert on[token]
+    frames, _, objects = shapes.random_video(rng, (112, 84))
+    pv, grid, _ = media.preprocess_video(frames, fps=shapes.VIDEO_FPS)
+    kind, where, on = train_nano.token_labels(pv, grid, objects)
+    assert on.any() and (where[on] == list(shapes.DIRECTIONS).index(objects[0].direction)).all()

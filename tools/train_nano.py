@@ -183,7 +183,7 @@ class Data:
         """-> (ids, loss mask): a raw window of the training text, every next token counts."""
         s = int(self.rng.integers(0, len(self.train) - self.window - 1))
         ids = self.train[s:s + self.window + 1]
-        return ids, np.ones(len(ids), bool), None, None
+        return ids, np.ones(len(ids), bool), None, None, None
 
     def chat(self, content, reply):
         """Render user content with the chat template (thinking off), append reply + <|im_end|>."""
@@ -199,20 +199,20 @@ class Data:
         cut = int(self.rng.integers(4, 24))
         user, reply = self.tok.decode(self.train[s:s + cut]), self.tok.decode(self.train[s + cut:s + cut + 64])
         ids, mask = self.chat(user, reply)
-        return ids, mask, None, None
+        return ids, mask, None, None, None
 
     def chat_image(self):
-        image, text, _ = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
+        image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
         pv, grid = media.preprocess_image(image)
         ids, mask = self.chat([{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], text)
-        return self._expand(ids, mask, grid) + (pv, grid)
+        return self._expand(ids, mask, grid) + (pv, grid, objects)
 
     def chat_video(self):
-        frames, text, _ = shapes.random_video(self.rng)
+        frames, text, objects = shapes.random_video(self.rng)
         pv, grid, stamps = media.preprocess_video(frames, fps=shapes.VIDEO_FPS)
         content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
         ids, mask = self.chat(content, text)
-        return self._expand(ids, mask, grid) + (pv, grid)
+        return self._expand(ids, mask, grid) + (pv, grid, objects)
 
     def _expand(self, ids, mask, grid):
         from k25ref.multimodal import expand_placeholders
@@ -243,18 +243,75 @@ def vision_features(model, pv, grid):  # (N, 3, 14, 14), (I, 3) -> (sum h*w/4, D
     return torch.cat(out)
 
 
-def batch_loss(model, samples, pad_id):
-    """Mean next-token cross entropy over the masked targets of a right-padded batch."""
+def token_labels(pv, grid, objects):  # (N, 3, 14, 14), (I, 3), objects -> (M,) kind, (M,) where, (M,) mask
+    """What each media token shows, read off the pixels the model is fed: kind 0 = background, else 1 + the
+    index of (colour, shape) of the object it covers; `where` = that object's position (images) or direction
+    (videos) index; mask = the token covers an object. A token is the 2x2 patches (x all frames of a chunk)
+    that the projector merges. Background = the median colour of the real (unpadded) pixels; object pixels
+    are those far from it; with two objects a token belongs to the one whose named position is nearest."""
+    colours, positions, directions = list(shapes.COLOURS), list(shapes.POSITIONS), list(shapes.DIRECTIONS)
+    kind, where, start = [], [], 0
+    for t, h, w in grid.tolist():
+        frames = pv[start:start + t * h * w].reshape(t, h, w, 3, 14, 14).transpose(0, 1, 4, 2, 5, 3)
+        frames = frames.reshape(t, h * 14, w * 14, 3)
+        start += t * h * w
+        real = (frames != -1.0).any(-1)                                         # zero padding is exactly -1
+        bg = np.median(frames[real], axis=0)
+        obj = real & (np.abs(frames - bg).sum(-1) > 0.8)                        # (t, H, W)
+        H, W = real[0].any(1).sum(), real[0].any(0).sum()                       # unpadded extent
+        cover = obj.any(0).reshape(h // 2, 28, w // 2, 28).mean((1, 3)) > 0.1  # (h/2, w/2)
+        for r in range(h // 2):
+            for c in range(w // 2):
+                if not cover[r, c]:
+                    kind.append(0)
+                    where.append(0)
+                    continue
+                x, y = (c + 0.5) * 28 / W, (r + 0.5) * 28 / H
+                o = min(objects, key=lambda o: np.hypot(*(np.subtract(shapes.POSITIONS[o.position], (x, y))))
+                        if o.position else 0)
+                kind.append(1 + colours.index(o.colour) * len(shapes.SHAPES) + shapes.SHAPES.index(o.shape))
+                where.append(directions.index(o.direction) if o.direction else positions.index(o.position))
+    kind, where = torch.tensor(kind), torch.tensor(where)
+    return kind, where, kind > 0
+
+
+class Probe(torch.nn.Module):
+    """Training-only read-out heads on every media token (never saved): they tell the vision tower and the
+    projector, token by token, what captions need -- which object a token shows and where that object is
+    (or which way it moves) -- instead of leaving that signal to trickle back through the decoder."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.kind = torch.nn.Linear(D, 1 + len(shapes.COLOURS) * len(shapes.SHAPES))
+        self.position = torch.nn.Linear(D, len(shapes.POSITIONS))
+        self.direction = torch.nn.Linear(D, len(shapes.DIRECTIONS))
+
+    def loss(self, feats, sample):  # (M, D) features of one media item, its sample -> scalar
+        kind, where, on = token_labels(sample[2], sample[3], sample[4])
+        loss = F.cross_entropy(self.kind(feats), kind)
+        if on.any():
+            head = self.direction if sample[4][0].direction else self.position
+            loss = loss + F.cross_entropy(head(feats[on]), where[on])
+        return loss
+
+
+def batch_loss(model, samples, pad_id, probe=None):
+    """Mean next-token cross entropy over the masked targets of a right-padded batch (plus, with a probe,
+    its mean read-out loss over the media items)."""
     T = max(len(s[0]) for s in samples)
     ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), T), dtype=torch.bool)
-    for b, (i, m, _, _) in enumerate(samples):
-        ids[b, :len(i)], mask[b, :len(m)] = torch.from_numpy(i), torch.from_numpy(m)
+    for b, s in enumerate(samples):
+        ids[b, :len(s[0])], mask[b, :len(s[1])] = torch.from_numpy(s[0]), torch.from_numpy(s[1])
     lm = model.model.language_model
     embeds = lm.embed_tokens(ids)                                            # (B, T, D)
-    media_items = [(pv, g) for _, _, pv, g in samples if pv is not None]
+    media_items = [s for s in samples if s[2] is not None]
+    aux = 0.0
     if media_items:
-        feats = torch.cat([vision_features(model, pv, g) for pv, g in media_items])
+        per_item = [vision_features(model, s[2], s[3]) for s in media_items]
+        if probe is not None:
+            aux = sum(probe.loss(f, s) for f, s in zip(per_item, media_items)) / len(media_items)
+        feats = torch.cat(per_item)
         slots = ids == model.config.image_token_id
         # Text-only rows may hold the placeholder id only as padding; media rows hold exactly their count.
         has_media = torch.tensor([s[2] is not None for s in samples])[:, None]
@@ -264,7 +321,7 @@ def batch_loss(model, samples, pad_id):
     hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
     logits = model.lm_head(hidden[:, :-1])                                   # (B, T-1, V)
     targets, m = ids[:, 1:], mask[:, 1:]
-    return F.cross_entropy(logits[m], targets[m])
+    return F.cross_entropy(logits[m], targets[m]), aux
 
 
 # ----------------------------------------------------------------------------
@@ -367,7 +424,7 @@ def save_released(model, hub, folder):
 @torch.no_grad()
 def torch_logits(model, sample):
     """Logits of one sample (ids, mask, pv, grid) from the torch model, media included: (T, V)."""
-    ids, _, pv, grid = sample
+    ids, _, pv, grid = sample[:4]
     lm = model.model.language_model
     embeds = lm.embed_tokens(torch.from_numpy(ids)[None])
     if pv is not None:
@@ -422,7 +479,9 @@ def train(args):
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large)
     balancer = Balancer(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 else None
+    params = list(model.parameters()) + (list(probe.parameters()) if probe else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     kinds = ["text"] * args.text_batch + ["chat_text"] * args.chat_text_batch
     media_kinds = ["chat_image"] * args.image_batch + ["chat_video"] * args.video_batch
     budget = args.minutes * 60.0
@@ -441,16 +500,17 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, args.lr)
         with parametrize.cached():                          # fake-quantise each expert tensor once per pass
-            text_loss = batch_loss(model, data.batch(kinds), tok.media_pad_id)
-            media_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id)
-            (text_loss + media_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            text_loss, _ = batch_loss(model, data.batch(kinds), tok.media_pad_id)
+            media_loss, probe_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id, probe)
+            (text_loss + media_loss + args.probe * probe_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         balancer.step()
         step += 1
         rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
-               "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4), "qat": qat}
+               "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4),
+               "probe_loss": round(float(probe_loss), 4), "qat": qat}
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % 10 == 0 or args.quick:
@@ -481,20 +541,23 @@ def read_logs(paths):
 
 
 def plot_log(log_paths, png, smooth=100):
-    """The loss curve: text and media-chat loss per step (moving average), phase starts and QAT marked."""
+    """The loss curve: text, media-chat and read-out loss per step (moving average), phase starts and QAT marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     recs, phase_starts = read_logs(log_paths)
-    steps = np.array([r["step"] for r in recs])
     fig, ax = plt.subplots(figsize=(7, 4))
     kernel = np.ones(smooth) / smooth
     for key, label in (("text_loss", "text batch (Shakespeare windows + text chat)"),
-                       ("media_loss", "caption batch (assistant reply tokens)")):
-        y = np.array([r[key] for r in recs])
-        line, = ax.plot(steps, y, alpha=0.15)
+                       ("media_loss", "caption batch (assistant reply tokens)"),
+                       ("probe_loss", "media read-out, training only (Probe)")):
+        x = np.array([r["step"] for r in recs if key in r])
+        y = np.array([r[key] for r in recs if key in r])
+        if not len(y):
+            continue
+        line, = ax.plot(x, y, alpha=0.15)
         if len(y) > smooth:
-            ax.plot(steps[smooth - 1:], np.convolve(y, kernel, "valid"), label=label, color=line.get_color())
+            ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), label=label, color=line.get_color())
     for k, s in enumerate(phase_starts):
         ax.axvline(s, color="k", ls="--", lw=0.8, label="next phase starts" if k == 0 else None)
     qat = [r["step"] for r in recs if r["qat"]]
@@ -525,6 +588,8 @@ def main(argv=None):
     p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
                    "with --plot, comma-separated logs of consecutive phases")
     p.add_argument("--p-large", type=float, default=0.25, help="share of caption batches with large images")
+    p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
+                   "(class Probe; 0 = off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=float, default=8.0, help="minutes between partial checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
