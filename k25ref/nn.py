@@ -7,9 +7,6 @@ from k25ref.checkpoint import bf16_to_f32
 from k25ref import int4
 
 
-BF16_KERNEL_ROWS = 8    # up to this many input rows (decoding) the bf16 kernel wins; above, widening once + BLAS
-
-
 @dataclass(frozen=True)
 class Bf16Weight:
     """A BF16 matrix kept as stored (uint16 bits, half the bytes of float32) until it is used: widened
@@ -27,7 +24,7 @@ def linear(x, w):  # (T, I), (O, I) as float32, Int4Weight or Bf16Weight -> (T, 
     if isinstance(w, int4.Int4Weight):
         return int4.linear(x, w)
     if isinstance(w, Bf16Weight):
-        if w.kernel and x.shape[0] <= BF16_KERNEL_ROWS:
+        if w.kernel:
             from k25ref.kernels.bf16_matvec import bf16_matmul
             return bf16_matmul(w.raw, x)
         return x @ bf16_to_f32(w.raw).T

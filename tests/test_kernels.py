@@ -86,7 +86,7 @@ def test_int4_matmul_rejects_partial_words(rng):
 # BF16 matvec
 
 
-@pytest.mark.parametrize("O, I, T", [(1, 8, 1), (70, 48, 1), (9, 33, 4)])
+@pytest.mark.parametrize("O, I, T", [(1, 8, 1), (70, 48, 1), (9, 33, 4), (13, 40, 6)])
 @pytest.mark.parametrize("body", ["kernel", "loops"])
 def test_bf16_matmul_matches_reference(rng, O, I, T, body):
     raw = f32_to_bf16(rng.standard_normal((O, I), dtype=np.float32))             # (O, I) stored bf16

@@ -4,7 +4,9 @@ y = x W^T with W kept as stored, two bytes per weight.
 Reference (the spec): x @ k25ref.checkpoint.bf16_to_f32(raw).T   -- NumPy; needs W widened to float32
 This kernel:          widens each weight in registers (bf16 is the top half of a float32, so widening is a
                       16-bit shift and exact) and multiply-accumulates in float32: the same products as the
-                      reference, from half the bytes. Parallel over blocks of output rows.
+                      reference, from half the bytes. With several input rows (a prompt) it widens four
+                      weight rows into a buffer and meets four inputs per pass (`tile44`, as the INT4
+                      kernel does). Parallel over blocks of output rows.
 
 Why: after the routed experts, the head is decoding's largest cost (V x D floats read per token: 128 MiB
 for V = 32768, D = 1024); memory traffic, not arithmetic, bounds it.
@@ -13,6 +15,7 @@ Checked by tests/test_kernels.py::test_bf16_matmul_matches_reference (also with 
 import numpy as np
 
 from k25ref.kernels import jit, launch, prange
+from k25ref.kernels.int4_matvec import tile44_numba
 
 ROWS_PER_TASK = 64
 
@@ -28,12 +31,26 @@ def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T
     O, I = raw.shape
     T = x.shape[0]
     for task in prange((O + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for o in range(task * ROWS_PER_TASK, min(O, (task + 1) * ROWS_PER_TASK)):
-            for t in range(T):
-                acc = np.float32(0.0)
+        w, acc = np.empty((4, I), np.float32), np.empty((4, 4), np.float32)
+        for o in range(task * ROWS_PER_TASK, min(O, (task + 1) * ROWS_PER_TASK), 4):
+            rows = min(4, O - o)
+            if T == 1:                                              # decoding: widen inside the dot
+                for r in range(rows):
+                    a = np.float32(0.0)
+                    for i in range(I):
+                        a += bf16_widen_numba(raw[o + r, i]) * x[0, i]
+                    out[0, o + r] = a
+                continue
+            for r in range(4):                                      # a prompt: widen four rows once ...
+                k = o + min(r, rows - 1)                            # (a short tail repeats its last row)
                 for i in range(I):
-                    acc += bf16_widen_numba(raw[o, i]) * x[t, i]
-                out[t, o] = acc
+                    w[r, i] = bf16_widen_numba(raw[k, i])
+            for t in range(0, T, 4):                                # ... and meet four inputs per pass
+                last = min(t + 3, T - 1)
+                tile44_numba(w, x, t, min(t + 1, last), min(t + 2, last), last, acc)
+                for r in range(rows):
+                    for m in range(last - t + 1):
+                        out[t + m, o + r] = acc[r, m]
 
 
 bf16_matmul_numba = jit(_bf16_matmul_loops, parallel=True)
