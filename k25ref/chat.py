@@ -246,7 +246,7 @@ def tools_to_typescript(tools) -> str:
     if not tools:
         return ""
     if not isinstance(tools, (list, tuple)) or not all(isinstance(t, dict) for t in tools):
-        raise PromptError(f"tools must be a list of dicts like {{'type': 'function', 'function': {{...}}}}")
+        raise PromptError("tools must be a list of dicts like {'type': 'function', 'function': {...}}")
     functions = [_function_ts(t["function"], f"tools[{i}].function") for i, t in enumerate(_deep_sort(tools))
                  if t.get("type") == "function" and t.get("function")]
     if not functions:

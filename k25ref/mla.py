@@ -59,7 +59,7 @@ class LatentCache:
         self.length = 0
 
     def append(self, c_kv, k_rope):  # (T, Ckv), (T, Dr) -> views (S, Ckv), (S, Dr)
-        T, S = c_kv.shape[0], self.length + c_kv.shape[0]
+        S = self.length + c_kv.shape[0]
         if S > self.c_kv.shape[0]:
             cap = max(S, 2 * self.c_kv.shape[0])
             self.c_kv = np.concatenate([self.c_kv, np.zeros((cap - self.c_kv.shape[0], self.c_kv.shape[1]), np.float32)])

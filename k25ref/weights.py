@@ -15,7 +15,7 @@ import numpy as np
 
 from k25ref.checkpoint import DTYPES, fail, to_float32
 from k25ref.config import KimiK25Config
-from k25ref.int4 import Int4Weight, dequantize
+from k25ref.int4 import Int4Weight
 from k25ref.mla import MLAWeights
 from k25ref.nn import Bf16Weight
 from k25ref.streaming import IOStats, Reader, WeightCache

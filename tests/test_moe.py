@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 
 from k25ref.config import TextConfig
