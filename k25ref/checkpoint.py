@@ -68,6 +68,11 @@ class TensorInfo:
     def nbytes(self):
         return self.end - self.begin
 
+    @property
+    def f32_nbytes(self):
+        """Bytes of this tensor once widened to float32."""
+        return 4 * self.nbytes // DTYPES[self.dtype][1]
+
 
 def _no_duplicates(pairs, path):
     seen = {}

@@ -13,7 +13,7 @@ import numpy as np
 from k25ref.config import TextConfig
 from k25ref.mla import LatentCache, mla
 from k25ref.moe import expert_ffn, moe, route
-from k25ref.nn import rms_norm, swiglu
+from k25ref.nn import Bf16Weight, linear, rms_norm, swiglu
 from k25ref.rope import cos_sin, inv_frequencies, softmax_scale
 from k25ref.weights import TEXT, Weights, layer_prefix
 
@@ -67,9 +67,7 @@ def attend_fn(absorbed, backend):
 def head(h, W: Weights, backend):  # (T, D) -> (T, V)
     """The one place that picks the output head: the float32 reference, or the bf16 kernel on the stored head."""
     stored = backend == "numba" and W.head_dtype() == "BF16"
-    if stored:
-        from k25ref.kernels.bf16_matvec import bf16_matmul
-    return np.concatenate([bf16_matmul(block, h) if stored else h @ block.T           # (T, rows)
+    return np.concatenate([linear(h, Bf16Weight(block, kernel=True) if stored else block)   # (T, rows)
                            for block in W.head_blocks(stored)], axis=1)
 
 

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from k25ref.checkpoint import DTYPES, fail, to_float32
+from k25ref.checkpoint import fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight
 from k25ref.mla import MLAWeights
@@ -174,10 +174,8 @@ def expert_bytes(ckpt, cfg: KimiK25Config, prefix):
     """Bytes routed expert `prefix` takes in the cache: packed codes + float32 scales (float32 if unquantized)."""
     names = ("gate_proj", "up_proj", "down_proj")
     if cfg.quant is None:
-        return sum(4 * ckpt.info(f"{prefix}{n}.weight").nbytes // DTYPES[ckpt.info(f"{prefix}{n}.weight").dtype][1]
-                   for n in names)
-    return sum(ckpt.info(f"{prefix}{n}.weight_packed").nbytes
-               + 4 * ckpt.info(f"{prefix}{n}.weight_scale").nbytes // DTYPES[ckpt.info(f"{prefix}{n}.weight_scale").dtype][1]
+        return sum(ckpt.info(f"{prefix}{n}.weight").f32_nbytes for n in names)
+    return sum(ckpt.info(f"{prefix}{n}.weight_packed").nbytes + ckpt.info(f"{prefix}{n}.weight_scale").f32_nbytes
                for n in names)
 
 
@@ -193,7 +191,7 @@ def working_set(ckpt, cfg: KimiK25Config):
     """
     t, expected = cfg.text, expected_tensors(cfg)
     dense = [n for n in expected if n.startswith(f"{TEXT}layers.") and ".mlp.experts." not in n]
-    f32 = {n: 4 * ckpt.info(n).nbytes // DTYPES[ckpt.info(n).dtype][1] for n in dense}
+    f32 = {n: ckpt.info(n).f32_nbytes for n in dense}
     cached = {n: ckpt.info(n).nbytes if n.endswith(MATRICES) and ckpt.info(n).dtype == "BF16" else f32[n]
               for n in dense}
     per_layer = [sum(v for n, v in cached.items() if n.startswith(layer_prefix(i))) for i in range(t.num_hidden_layers)]
@@ -222,18 +220,19 @@ class Weights:
     def f32(self, name):
         """One floating tensor, widened exactly to float32 (cached)."""
         info = self.ckpt.info(name)
-        return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype),
-                              4 * info.nbytes // DTYPES[info.dtype][1])
+        return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype), info.f32_nbytes)
 
     def optional(self, name, backend=None):
         return self.matrix(name, backend) if name in self.expected else None
 
     def matrix(self, name, backend=None):
-        """A big matrix. With a backend (a forward pass), a BF16 one is cached as stored and handed out as a
-        Bf16Weight: widened one product at a time ("numpy") or read by the bf16 kernel ("numba"), so the cache
-        and a layer in use hold half the bytes of float32. Without one, or for other dtypes: float32."""
+        """A big matrix. In a forward pass a BF16 one is cached as stored and handed out as a Bf16Weight: read
+        by the bf16 kernel ("numba"), or, under a budget, widened one product at a time ("numpy"), so the cache
+        and a layer in use hold half the bytes of float32. Otherwise (no backend, other dtypes, or the NumPy
+        path with no budget, where widening on every token would only repeat work): float32, cached."""
         info = self.ckpt.info(name)
-        if backend is None or info.dtype != "BF16":
+        kept_stored = backend == "numba" or (backend == "numpy" and self.cache.budget is not None)
+        if not kept_stored or info.dtype != "BF16":
             return self.f32(name)
         raw = self.cache.get((name, "stored"), lambda: self.reader.read(name), info.nbytes)
         return Bf16Weight(raw, kernel=backend == "numba")
@@ -249,9 +248,9 @@ class Weights:
         (K2.5's head is 2.35 GB as bf16)."""
         t = self.cfg.text
         name = f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD
-        dtype, V = self.ckpt.info(name).dtype, t.vocab_size
-        size = self.ckpt.info(name).nbytes if stored else V * t.hidden_size * 4
-        convert = (lambda raw: raw) if stored else (lambda raw: to_float32(raw, dtype))
+        info, V = self.ckpt.info(name), t.vocab_size
+        size = info.nbytes if stored else info.f32_nbytes
+        convert = (lambda raw: raw) if stored else (lambda raw: to_float32(raw, info.dtype))
         if self.cache.budget is None or size <= self.cache.budget // 4:
             yield self.cache.get((name, stored), lambda: convert(self.reader.read(name)), size)
             return
