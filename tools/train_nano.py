@@ -437,6 +437,31 @@ def relative_error(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def oracle_agreement(folder, seed=7):
+    """A saved folder under the oracle and under k25ref: relative logit error and argmax agreement on 200
+    held-out tokens, a small and a large image prompt, and a two-chunk video prompt (docs/nano.md)."""
+    import k25ref
+    from oracle import load_oracle
+    tok = Tokenizer.from_pretrained(folder)
+    data = Data.__new__(Data)                            # no training text needed
+    data.tok, data.rng, data.pad, data.large = tok, np.random.default_rng(seed), tok.media_pad_id, False
+    with open(os.path.join(DATA, "heldout.txt"), encoding="utf-8") as f:
+        text = (np.array(tok.encode(f.read()[:2000])[:200], np.int64), None, None, None)
+    video = data.chat_video()
+    while len(video[3]) < 2:
+        video = data.chat_video()
+    data.large = True
+    large = data.chat_image()
+    data.large = False
+    ours, orc = k25ref.load_model(folder), load_oracle(folder)
+    report = {}
+    for name, s in (("text", text), ("image_small", data.chat_image()), ("image_large", large), ("video", video)):
+        ref, got = torch_logits(orc, s), ours.logits(s[0], s[2], s[3])
+        report[name] = {"tokens": len(s[0]), "rel_err": relative_error(got, ref),
+                        "argmax_equal": float((got.argmax(-1) == ref.argmax(-1)).mean())}
+    return report
+
+
 def check_round_trip(model, folder, samples):
     """Trained model (rounded as saved) vs the saved folder under the oracle and under k25ref."""
     import k25ref
@@ -596,7 +621,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
     p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
     p.add_argument("--plot", default=None, metavar="PNG", help="only plot the loss log (--log) to PNG and exit")
+    p.add_argument("--agree", default=None, metavar="FOLDER",
+                   help="only compare a saved folder's logits under the oracle and k25ref, and exit")
     args = p.parse_args(argv)
+    if args.agree:
+        print(json.dumps(oracle_agreement(args.agree), indent=2))
+        return
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return

@@ -87,8 +87,7 @@ dequantize_dot_numba = jit(_dequantize_dot_loops)
 
 def _tile44_loops(w, x, t0, t1, t2, t3, acc):  # (4, I), (T, I) -> acc: (4, 4), acc[r, m] = w[r] . x[t_m]
     """Four weight rows against four input rows: sixteen running sums, so every weight loaded feeds four
-    multiply-adds and every input loaded feeds four (prompt processing: 2.3x the rate of one row
-    against four inputs on a 512 x 1024 matrix here)."""
+    multiply-adds and every input loaded feeds four (prompt processing; `tools/bench.py` prefill)."""
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
     for i in range(w.shape[1]):

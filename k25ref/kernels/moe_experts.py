@@ -137,8 +137,8 @@ moe_experts_numba = jit(_moe_experts_loops, parallel=True)
 def gather_experts(experts, stack=None):  # [(gate, up, down) Int4Weight] * n -> six sequences for the kernel
     """The chosen experts of one call, packed codes and scales per matrix (entry k is expert k of the argument),
     as numba typed lists of the cached arrays (nothing copied) or, for small experts, stacked into new arrays:
-    copying a few kB is cheaper than building a typed list (30 vs 150 us for the tiny config's four experts;
-    the small config's eight, 7.7 MB, cost 450 us to stack and 190 us to list). `stack`: force one or the
+    copying a few kB costs less than building a typed list, copying megabytes more (`tools/bench.py`
+    --profile tiny / small shows the share of either in a decoded token). `stack`: force one or the
     other (tests); None picks by size (STACK_BYTES). The kernel indexes either the same way."""
     mats = list(zip(*experts))                                                 # gate, up, down: n each
     for ws in mats:
