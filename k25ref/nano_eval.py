@@ -28,7 +28,7 @@ from k25ref.multimodal import expand_placeholders
 
 NANO_PATH = os.path.join(os.path.dirname(__file__), "assets", "nano")
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "tinyshakespeare")
-EVAL_SEED = 20261129          # fresh media: the trainer draws from its own seed (0)
+EVAL_SEED = 20261129          # fresh media: the trainer draws from its own --seed (small integers)
 
 
 # ----------------------------------------------------------------------------

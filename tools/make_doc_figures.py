@@ -181,9 +181,9 @@ def cli(path=None):
     path = path or os.path.join(DOCS, "cli.md")
     out = ["# The `k25ref` command line\n",
            "Every command below was run by `python tools/make_doc_figures.py cli`, which wrote this page; the "
-           "outputs are real (timings are from the machine that ran it). The embedded model is random until the "
-           "trained nano model replaces it, so its text is gibberish; the shapes of the output are the point. "
-           "Edit the tool, not this page.\n",
+           "outputs are real (timings are from the machine that ran it). The embedded model is the trained "
+           "Kimi-K2.5-nano ([nano.md](nano.md)): 6.4 M parameters, so its text is Shakespeare-shaped rather than "
+           "sensible. Edit the tool, not this page.\n",
            "The commands are thin wrappers over library calls: [`k25ref/cli.py`](../k25ref/cli.py), and "
            "[`k25ref/swarm/cli.py`](../k25ref/swarm/cli.py) for `k25ref swarm`.\n",
            "Exit codes: 0 ok, 2 bad input or usage, 3 config, 4 checkpoint, 5 media, 6 prompt "

@@ -3,6 +3,8 @@
     python tools/train_nano.py [--minutes 75] [--out k25ref/assets/nano] [--seed 0]
     python tools/train_nano.py --quick --out /tmp/nano-quick --check  # a few steps, for smoke tests
     python tools/train_nano.py --init FOLDER ...                      # continue from a saved checkpoint
+    python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
+    python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
 
 The model IS transformers' `Kimi_K25ForConditionalGeneration`, built from the nano's hub config.json through
@@ -295,9 +297,17 @@ class Probe(torch.nn.Module):
         return loss
 
 
+def probe_only_loss(model, samples, probe):
+    """Mean read-out loss over media items, through the tower and projector alone (--vision-only: the
+    decoder is not run, so a step costs a tenth of a captioning step)."""
+    return sum(probe.loss(vision_features(model, s[2], s[3]), s) for s in samples) / len(samples)
+
+
 def batch_loss(model, samples, pad_id, probe=None):
     """Mean next-token cross entropy over the masked targets of a right-padded batch (plus, with a probe,
     its mean read-out loss over the media items)."""
+    if not samples:                                 # a phase without this kind of sample
+        return torch.zeros(()), 0.0
     T = max(len(s[0]) for s in samples)
     ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), T), dtype=torch.bool)
@@ -501,11 +511,19 @@ def train(args):
         model = load_oracle(args.init)
     else:
         model = build_model(hub, args.seed)
+    if args.vision_from:                            # the tower and projector of another run (--vision-only)
+        from oracle import load_oracle
+        vision = load_oracle(args.vision_from).model
+        model.model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
+        model.model.mm_projector.load_state_dict(vision.mm_projector.state_dict())
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large)
     balancer = Balancer(model)
-    probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 else None
-    params = list(model.parameters()) + (list(probe.parameters()) if probe else [])
+    probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 or args.vision_only else None
+    if probe is not None and args.probe_file and os.path.exists(args.probe_file):
+        probe.load_state_dict(torch.load(args.probe_file))
+    trained = [model.model.vision_tower, model.model.mm_projector] if args.vision_only else [model]
+    params = [p for m in trained for p in m.parameters()] + (list(probe.parameters()) if probe else [])
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     kinds = ["text"] * args.text_batch + ["chat_text"] * args.chat_text_batch
     media_kinds = ["chat_image"] * args.image_batch + ["chat_video"] * args.video_batch
@@ -525,9 +543,14 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, args.lr)
         with parametrize.cached():                          # fake-quantise each expert tensor once per pass
-            text_loss, _ = batch_loss(model, data.batch(kinds), tok.media_pad_id)
-            media_loss, probe_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id, probe)
-            (text_loss + media_loss + args.probe * probe_loss).backward()
+            if args.vision_only:
+                text_loss = media_loss = torch.zeros(())
+                probe_loss = probe_only_loss(model, data.batch(media_kinds), probe)
+                probe_loss.backward()
+            else:
+                text_loss, _ = batch_loss(model, data.batch(kinds), tok.media_pad_id)
+                media_loss, probe_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id, probe)
+                (text_loss + media_loss + args.probe * probe_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -544,6 +567,8 @@ def train(args):
             save_released(model, hub, args.out)
             last_save = time.time()
     log.close()
+    if probe is not None and args.probe_file:
+        torch.save(probe.state_dict(), args.probe_file)
     meta = {"seed": args.seed, "steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
             "torch": torch.__version__}
     finish_qat(model)
@@ -554,42 +579,54 @@ def train(args):
 
 
 def read_logs(paths):
-    """JSON-lines logs of consecutive phases -> records with steps counted on from phase to phase."""
-    recs, offset, starts = [], 0, []
+    """JSON-lines logs of consecutive phases -> records with "minute" (wall clock from the start of the recipe)
+    and the minutes at which phases start."""
+    recs, offset, starts = [], 0.0, []
     for path in paths:
         with open(path) as f:
             phase = [json.loads(line) for line in f if line.strip()]
         starts.append(offset)
-        recs += [{**r, "step": r["step"] + offset} for r in phase]
-        offset = recs[-1]["step"] if recs else offset
+        recs += [{**r, "minute": offset + r["seconds"] / 60} for r in phase]
+        offset = recs[-1]["minute"] if recs else offset
     return recs, starts[1:]
 
 
+def runs_of(recs, key):
+    """The records that measured `key`, split into phases (a phase's steps count up; the next starts again at 1)."""
+    runs = []
+    for r in recs:
+        if not r.get(key):                                  # 0.0: that part of the loss did not run
+            continue
+        if not runs or r["step"] <= runs[-1][-1]["step"]:
+            runs.append([])
+        runs[-1].append(r)
+    return runs
+
+
 def plot_log(log_paths, png, smooth=100):
-    """The loss curve: text, media-chat and read-out loss per step (moving average), phase starts and QAT marked."""
+    """The loss curve against wall time: text, media-chat and read-out loss (moving averages over `smooth`
+    steps), phase starts and QAT marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     recs, phase_starts = read_logs(log_paths)
     fig, ax = plt.subplots(figsize=(7, 4))
     kernel = np.ones(smooth) / smooth
-    for key, label in (("text_loss", "text batch (Shakespeare windows + text chat)"),
-                       ("media_loss", "caption batch (assistant reply tokens)"),
-                       ("probe_loss", "media read-out, training only (Probe)")):
-        x = np.array([r["step"] for r in recs if key in r])
-        y = np.array([r[key] for r in recs if key in r])
-        if not len(y):
-            continue
-        line, = ax.plot(x, y, alpha=0.15)
-        if len(y) > smooth:
-            ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), label=label, color=line.get_color())
+    for colour, (key, label) in enumerate((("text_loss", "text batch (Shakespeare windows + text chat)"),
+                                           ("media_loss", "caption batch (assistant reply tokens)"),
+                                           ("probe_loss", "media read-out, training only (Probe)"))):
+        for k, run in enumerate(runs_of(recs, key)):
+            x, y = np.array([r["minute"] for r in run]), np.array([r[key] for r in run])
+            ax.plot(x, y, alpha=0.15, color=f"C{colour}")
+            if len(y) > smooth:
+                ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), label=None if k else label, color=f"C{colour}")
     for k, s in enumerate(phase_starts):
         ax.axvline(s, color="k", ls="--", lw=0.8, label="next phase starts" if k == 0 else None)
-    qat = [r["step"] for r in recs if r["qat"]]
+    qat = [r["minute"] for r in recs if r["qat"]]
     if qat:
         ax.axvspan(qat[0], qat[-1], color="grey", alpha=0.15, label="INT4 quantisation-aware")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel("wall-clock minutes")
     ax.set_ylabel("cross entropy, nats/token (training batches)")
     ax.set_title("Kimi-K2.5-nano training loss")
     ax.legend(fontsize=8)
@@ -615,6 +652,11 @@ def main(argv=None):
     p.add_argument("--p-large", type=float, default=0.25, help="share of caption batches with large images")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
+    p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
+                   "on media with the read-out loss (no decoder, no captions)")
+    p.add_argument("--vision-from", default=None, metavar="FOLDER",
+                   help="take the vision tower and projector from this folder (a --vision-only run)")
+    p.add_argument("--probe-file", default=None, help="read-out weights: loaded if the file exists, saved at the end")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=float, default=8.0, help="minutes between partial checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
