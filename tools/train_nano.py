@@ -299,7 +299,7 @@ class Probe(torch.nn.Module):
 
 def probe_only_loss(model, samples, probe):
     """Mean read-out loss over media items, through the tower and projector alone (--vision-only: the
-    decoder is not run, so a step costs a tenth of a captioning step)."""
+    decoder is not run, so a step costs a third of a captioning step with the same media)."""
     return sum(probe.loss(vision_features(model, s[2], s[3]), s) for s in samples) / len(samples)
 
 
