@@ -104,8 +104,8 @@ class Model:
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)
-        # media go through the NumPy vision path whatever the backend: its BLAS attention is faster than the
-        # segment-attention kernel (docs/performance.md, vision encode)
+        # media go through the NumPy vision path whatever the backend: the numba path (the same BLAS products
+        # around a softmax kernel) is faster on one thread but slower on two (docs/performance.md, vision encode)
         embeds = self.embed_prompt(ids, pixel_values, grid_thw) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]

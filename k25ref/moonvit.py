@@ -218,10 +218,11 @@ BLOCK_NAMES = {"norm0": "norm0", "wqkv": "wqkv", "wo": "wo", "norm1": "norm1", "
 
 
 def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) x3 -> (H, N, Dh)
-    """softmax(q k^T / sqrt(Dh)) v inside each segment; the one place that picks reference or kernel."""
+    """softmax(q k^T / sqrt(Dh)) v inside each segment. The products go to BLAS; the softmax is the part
+    with a kernel (kernels/vision_attention.py), picked here."""
+    rows_softmax = softmax
     if backend == "numba":
-        from k25ref.kernels.vision_attention import segment_attention
-        return segment_attention(q, k, val, bounds)
+        from k25ref.kernels.vision_attention import softmax_rows as rows_softmax
     H, N, Dh = q.shape
     out = np.empty_like(val)                                                        # (H, N, Dh)
     for a, b in bounds:                                                             # one image / video chunk
@@ -229,7 +230,7 @@ def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) 
         for r in range(a, b, QUERY_ROWS):                                           # softmax rows are independent
             e = min(r + QUERY_ROWS, b)
             scores = q[:, r:e] @ kT * np.float32(Dh ** -0.5)                        # (H, rows, n)
-            out[:, r:e] = softmax(scores) @ val[:, a:b]                             # (H, rows, Dh)
+            out[:, r:e] = rows_softmax(scores) @ val[:, a:b]                        # (H, rows, Dh)
     return out
 
 

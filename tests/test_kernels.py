@@ -20,12 +20,13 @@ from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, b
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops,
                                         moe_experts, moe_experts_numba)
-from k25ref.kernels.vision_attention import _segment_attention_loops, segment_attention, segment_attention_numba
+from k25ref.kernels.vision_attention import (_exp_loops, _softmax_rows_loops, exp_numba, softmax_rows,
+                                             softmax_rows_numba)
 from k25ref.make_tiny import preset
 from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref
 from k25ref.moe import moe
 from k25ref.moonvit import VisionBlockWeights, attention, rope_2d, segments
-from k25ref.rope import apply_rope_interleaved
+from k25ref.nn import softmax
 from conftest import check_close
 
 pytestmark = pytest.mark.kernels
@@ -175,32 +176,47 @@ def test_mla_absorbed_matches_reference(rng, T, S, body):
 # vision block-diagonal attention
 
 
-@pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
 @pytest.mark.parametrize("body", ["kernel", "loops"])
-def test_segment_attention_matches_reference(rng, grid, body):
-    """moonvit.attention with its segment loop replaced by the kernel gives moonvit.attention's output."""
+def test_exp_matches_numpy(body):
+    """The polynomial e^x is within 2 ulp of NumPy's over the whole float32 range it serves, and 0 below it."""
+    x = np.concatenate([np.linspace(-87.0, 88.0, 20001, dtype=np.float32), [-87.5, -1e4, -np.inf]]).astype(np.float32)
+    exp = np.vectorize(_exp_loops, otypes=[np.float32]) if body == "loops" else np.vectorize(exp_numba, otypes=[np.float32])
+    got, ref = exp(x), np.exp(x.astype(np.float64))
+    inside = x >= -87.0
+    assert (np.abs(got[inside] - ref[inside]) <= 2 * np.spacing(ref[inside].astype(np.float32))).all()
+    assert (got[~inside] == 0).all()
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_softmax_rows_matches_reference(rng, body):
+    """Rows of scores with a wide spread and masked (-inf) entries: nn.softmax's numbers, in place."""
+    x = (rng.standard_normal((2, 5, 37)) * 8).astype(np.float32)
+    x[0, 1, :30] = -np.inf
+    ref = softmax(x.astype(np.float64))
+    if body == "kernel":
+        got = softmax_rows(x)
+        assert got is x                                           # in place: no second (H, rows, n) array
+    else:
+        got = x.reshape(-1, 37)
+        _softmax_rows_loops(got)
+    close(got.reshape(ref.shape), ref, "softmax rows")
+
+
+@pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
+def test_segment_attention_matches_reference(rng, grid):
+    """moonvit.attention with the softmax kernel (backend="numba") gives the float64 reference's output."""
     v = from_hf(preset("tiny")).vision
-    D, H, Dh = v.hidden_size, v.num_attention_heads, v.head_dim
+    D = v.hidden_size
     blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
         (D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,), (v.intermediate_size, D),
         (v.intermediate_size,), (D, v.intermediate_size), (D,))))
     N = sum(t * h * w for t, h, w in grid)
     x = rng.standard_normal((N, D), dtype=np.float32)
-    rope = [rope_2d(g, Dh, v.rope_theta) for g in grid]
+    rope = [rope_2d(g, v.head_dim, v.rope_theta) for g in grid]
     cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
     bounds = segments(grid)
     ref = attention(x.astype(np.float64), blk, v, cos, sin, bounds)
-    q, k, val = (x @ blk.wqkv_weight.T + blk.wqkv_bias).reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)
-    q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
-    if body == "kernel":
-        o = segment_attention(q, k, val, bounds)
-    else:
-        o = np.empty((H, N, Dh), np.float32)
-        seg = np.repeat(np.arange(len(bounds)), [b - a for a, b in bounds])
-        _segment_attention_loops(*(np.ascontiguousarray(a) for a in (q, k, val)), seg, np.array(bounds),
-                                 np.float32(Dh ** -0.5), o)
-    out = o.transpose(1, 0, 2).reshape(N, D) @ blk.wo_weight.T + blk.wo_bias
-    close(out, ref, f"segment attention {grid}")
+    close(attention(x, blk, v, cos, sin, bounds, backend="numba"), ref, f"segment attention {grid}")
 
 
 # ----------------------------------------------------------------------------
@@ -209,9 +225,9 @@ def test_segment_attention_matches_reference(rng, grid, body):
 
 def test_warmup_compiles_every_kernel():
     names = set(warmup())
-    assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "segment_attention"}
+    assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows"}
     for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, moe_experts_numba,
-                   segment_attention_numba):
+                   softmax_rows_numba):
         if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
             assert kernel.targetoptions["fastmath"] == FASTMATH
             assert kernel.signatures, f"{kernel} was not compiled by warmup()"

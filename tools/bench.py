@@ -405,8 +405,9 @@ def markdown_section(report):
         lines += ["", "### Vision encode (tower + projector), small vision config", "",
                   f"MoonViT at a third of K2.5's width: {VISION['vt_num_hidden_layers']} blocks of width "
                   f"{VISION['vt_hidden_size']}, {VISION['vt_num_attention_heads']} heads, 64 x 64 position table. "
-                  "Best of 3 after a warm-up, seconds; ratio = oracle / k25ref-numpy, the path `generate` uses (its "
-                  "BLAS attention beats the segment-attention kernel, k25ref-numba).", "",
+                  "Best of 3 after a warm-up, seconds; ratio = oracle / k25ref-numpy, the path `generate` uses. "
+                  "k25ref-numba differs only in the softmax between the two BLAS products of attention (a kernel).",
+                  "",
                   "| input | " + " | ".join(report["vision"]) + " | k25ref/oracle speed |",
                   "|---|" + "---:|" * (len(report["vision"]) + 1)]
         lines += ["| " + line + " |" for line in vision_lines(report, sep=" | ")]
@@ -436,7 +437,7 @@ def markdown_section(report):
 
 def vision_lines(report, sep="  "):
     """One line per vision input: seconds per engine, and the oracle's time over k25ref's NumPy path (the one
-    generate uses: its BLAS attention is faster than the segment-attention kernel)."""
+    generate uses; the numba path differs only in its softmax kernel)."""
     v = report.get("vision") or {}
     ok = {e: r for e, r in v.items() if "error" not in r}
     if not ok:

@@ -1,62 +1,67 @@
-"""MoonViT's block-diagonal self-attention: every image / video chunk attends only to itself.
+"""MoonViT's block-diagonal self-attention: the softmax over each row of scores.
 
-Reference (the spec): the segment loop inside k25ref.moonvit.attention
+Reference (the spec): k25ref.nn.softmax, as called by the segment loop of k25ref.moonvit.block_diagonal_attention
 
     o_h[a:b] = softmax(q_h[a:b] k_h[a:b]^T / sqrt(Dh)) v_h[a:b]    for each segment [a, b)    [ViT; Kimi-VL §2.1]
 
-(q, k after the 2-D RoPE). This kernel: one (head, query row) pair per parallel task, scores over the row's
-own segment only, so no (n, n) score matrix is ever formed and each task owns its output row.
-Checked by tests/test_kernels.py::test_segment_attention_matches_reference (also with NUMBA_DISABLE_JIT=1).
+The two products stay with BLAS, which does them well; what NumPy does slowly is the softmax between them:
+five passes over the (H, rows, n) scores, on one thread. This kernel takes one row per parallel task and
+makes three passes over it, in place: max, exp and sum, scale. The exponential is a polynomial (below) so
+the loop vectorizes; numba's own exp calls the C library once per element.
+Checked by tests/test_kernels.py (exp, softmax rows, whole attention; also with NUMBA_DISABLE_JIT=1).
 """
 import numpy as np
 
-from k25ref.errors import MediaError
 from k25ref.kernels import jit, launch, prange
 
+EXP_MIN = np.float32(-87.0)      # below this e^x < 1.7e-38: taken as 0 (so -inf, a masked score, gives 0)
 
-def _segment_attention_loops(q, k, v, segment_of, bounds, scale, out):
-    # q, k, v: (H, N, Dh) f32   segment_of: (N,) int64   bounds: (I, 2) int64 [start, end)  -> out: (H, N, Dh)
-    H, N, Dh = q.shape
-    for task in prange(H * N):
-        h, n = task // N, task % N
-        a, b = bounds[segment_of[n], 0], bounds[segment_of[n], 1]
-        p = np.empty(b - a, np.float32)
-        top = -np.inf
-        for m in range(a, b):
-            acc = np.float32(0.0)
-            for d in range(Dh):
-                acc += q[h, n, d] * k[h, m, d]
-            p[m - a] = acc * scale
-            top = max(top, p[m - a])
+
+def _exp_loops(x):  # float32 -> float32, e^x
+    """e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln 2 / 2; e^r by Cephes' degree-7 polynomial for
+    expf (about 1 ulp), 2^n written straight into the exponent bits. Valid for x <= 88."""
+    if x < EXP_MIN:
+        return np.float32(0.0)
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)    # ln 2 in two parts: r exact-ish
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * np.uint32(np.int32(np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
+
+
+exp_numba = jit(_exp_loops)
+
+
+def _softmax_rows_loops(x):  # (R, n) float32, in place: x[i] <- softmax(x[i])
+    for i in prange(x.shape[0]):
+        row = x[i]
+        top = np.float32(-np.inf)
+        for j in range(row.shape[0]):
+            top = max(top, row[j])
         total = np.float32(0.0)
-        for m in range(b - a):
-            p[m] = np.exp(p[m] - top)
-            total += p[m]
-        for d in range(Dh):
-            out[h, n, d] = 0.0
-        for m in range(a, b):
-            pm = p[m - a] / total
-            for d in range(Dh):
-                out[h, n, d] += pm * v[h, m, d]
+        for j in range(row.shape[0]):
+            row[j] = exp_numba(row[j] - top)
+            total += row[j]
+        inv = np.float32(1.0) / total
+        for j in range(row.shape[0]):
+            row[j] *= inv
 
 
-segment_attention_numba = jit(_segment_attention_loops, parallel=True)
+softmax_rows_numba = jit(_softmax_rows_loops, parallel=True)
 
 
-def segment_attention(q, k, v, bounds):  # (H, N, Dh) x3, [(start, end)] -> (H, N, Dh) float32
-    """Block-diagonal attention over the packed items; the kernel twin of moonvit.attention's segment loop."""
-    H, N, Dh = q.shape
-    b = np.asarray(bounds, np.int64).reshape(-1, 2)
-    segment_of = np.repeat(np.arange(len(b)), b[:, 1] - b[:, 0])
-    if segment_of.shape[0] != N:
-        raise MediaError(f"segments {b.tolist()} do not tile the {N} packed patches")
-    out = np.empty((H, N, Dh), np.float32)
-    work = 2 * H * Dh * int(((b[:, 1] - b[:, 0]) ** 2).sum())
-    launch(segment_attention_numba, work, *(np.ascontiguousarray(a, np.float32) for a in (q, k, v)), segment_of, b,
-           np.float32(Dh ** -0.5), out)
-    return out
+def softmax_rows(x):  # (..., n) float32 -> the same array, softmax along the last axis
+    """The kernel twin of nn.softmax(x, axis=-1), in place when x is C-contiguous (else on a copy)."""
+    x = np.ascontiguousarray(x, np.float32)
+    rows = x.reshape(-1, x.shape[-1])
+    launch(softmax_rows_numba, 16 * rows.size, rows)
+    return x
 
 
 def warmup_calls():
-    x = np.ones((1, 4, 2), np.float32)
-    yield "segment_attention", lambda: segment_attention(x, x, x, [(0, 1), (1, 4)])
+    yield "softmax_rows", lambda: softmax_rows(np.zeros((2, 3), np.float32))
