@@ -15,7 +15,7 @@ Checked by tests/test_kernels.py::test_bf16_matmul_matches_reference (also with 
 import numpy as np
 
 from k25ref.kernels import jit, launch, prange
-from k25ref.kernels.int4_matvec import tile44_numba
+from k25ref.kernels.int4_matvec import tile_rows_numba
 
 ROWS_PER_TASK = 64
 
@@ -45,12 +45,7 @@ def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T
                 k = o + min(r, rows - 1)                            # (a short tail repeats its last row)
                 for i in range(I):
                     w[r, i] = bf16_widen_numba(raw[k, i])
-            for t in range(0, T, 4):                                # ... and meet four inputs per pass
-                last = min(t + 3, T - 1)
-                tile44_numba(w, x, t, min(t + 1, last), min(t + 2, last), last, acc)
-                for r in range(rows):
-                    for m in range(last - t + 1):
-                        out[t + m, o + r] = acc[r, m]
+            tile_rows_numba(w, x, o, rows, acc, out)               # ... and meet four inputs per pass
 
 
 bf16_matmul_numba = jit(_bf16_matmul_loops, parallel=True)

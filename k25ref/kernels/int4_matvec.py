@@ -118,6 +118,21 @@ def _tile44_loops(w, x, t0, t1, t2, t3, acc):  # (4, I), (T, I) -> acc: (4, 4), 
 tile44_numba = jit(_tile44_loops)
 
 
+def _tile_rows_loops(w, x, o, rows, acc, out):  # (4, I) rows o..o+rows-1, (T, I) -> out[:, o:o+rows]
+    """Four widened weight rows against every input, four inputs per pass (`tile44`); a short tail of inputs
+    repeats its last one, and only the real rows and inputs are written."""
+    T = x.shape[0]
+    for t in range(0, T, 4):
+        last = min(t + 3, T - 1)
+        tile44_numba(w, x, t, min(t + 1, last), min(t + 2, last), last, acc)
+        for r in range(rows):
+            for m in range(last - t + 1):
+                out[t + m, o + r] = acc[r, m]
+
+
+tile_rows_numba = jit(_tile_rows_loops)
+
+
 def _split_nibbles_loops(x, xs):  # (T, I) -> xs: (T, I), xs[t, j*W + k] = x[t, 8k + j]
     T, I = x.shape
     W = I // 8
@@ -145,12 +160,7 @@ def _int4_matmul_loops(packed, scale, xs, out):  # (O, W) int32, (O, I/G) f32, (
             for r in range(4):                                      # once per row, reused by all T inputs
                 k = o + min(r, rows - 1)                            # a short tail repeats its last row
                 dequantize_row_numba(packed[k], scale[k], s_w, w[r])
-            for t in range(0, T, 4):
-                last = min(t + 3, T - 1)                            # ... and its last input
-                tile44_numba(w, xs, t, min(t + 1, last), min(t + 2, last), last, acc)
-                for r in range(rows):
-                    for m in range(last - t + 1):
-                        out[t + m, o + r] = acc[r, m]
+            tile_rows_numba(w, xs, o, rows, acc, out)
 
 
 int4_matmul_numba = jit(_int4_matmul_loops, parallel=True)

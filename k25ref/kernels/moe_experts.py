@@ -50,9 +50,6 @@ def _group_by_expert_loops(idx, E, start, order):  # (T, A) int64 -> start: (E+1
 group_by_expert_numba = jit(_group_by_expert_loops)
 
 
-STACK_BYTES = 2 << 20     # chosen experts up to this size are stacked (copied), above it listed
-
-
 def _split_col_loops(f, Wf):  # row f of an up projection -> its column in split (nibble-major) order
     return (f % 8) * Wf + f // 8
 
@@ -132,6 +129,9 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
 
 
 moe_experts_numba = jit(_moe_experts_loops, parallel=True)
+
+
+STACK_BYTES = 2 << 20     # chosen experts up to this size are stacked (copied), above it listed
 
 
 def gather_experts(experts, stack=None):  # [(gate, up, down) Int4Weight] * n -> six sequences for the kernel
