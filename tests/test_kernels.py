@@ -244,3 +244,17 @@ def test_launch_runs_small_work_on_one_thread_and_restores_the_count():
 
 def test_fastmath_keeps_inf_checks():
     assert "nnan" not in FASTMATH and "ninf" not in FASTMATH and FASTMATH != {"fast"}
+
+
+def test_a_cached_kernel_is_stamped_with_every_kernel_file(tmp_path):
+    """moe_experts inlines int4_matvec's loops: numba's own stamp (the kernel's file) would keep serving the
+    old machine code after an edit to int4_matvec.py. Every cached kernel carries the stamp of all files."""
+    import os
+    import k25ref.kernels as kernels
+    names = {name for name, _, _ in kernels.SOURCES_STAMP}
+    assert names == {n for n in os.listdir(os.path.dirname(kernels.__file__)) if n.endswith(".py")}
+    assert {"int4_matvec.py", "moe_experts.py"} <= names
+    if kernels.CACHE and compiled():
+        for kernel in (int4_matmul_numba, moe_experts_numba):
+            assert kernel._cache._cache_file._source_stamp == kernels.SOURCES_STAMP
+    assert kernels.stamp_cache(object()) is False                  # no cache file to stamp: jit compiles uncached

@@ -486,8 +486,8 @@ def profile(name, workdir, n=16):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="tiny,small")
-    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--configs", default="tiny,small", help=f"comma-separated, of: {', '.join(SHAPES)}")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "k25ref-bench"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=2, help="runs per engine, round robin; the best is kept")
@@ -521,6 +521,10 @@ def main():
                 reports.append(json.load(f))
         print(markdown(reports) if a.markdown else "\n\n".join(text_table(r) for r in reports))
         return
+    unknown = [e for e in a.engines.split(",") if e not in ENGINES] + [c for c in a.configs.split(",") if c not in SHAPES]
+    if unknown:
+        ap.error(f"unknown engine or config {', '.join(unknown)}; engines: {', '.join(ENGINES)}; "
+                 f"configs: {', '.join(SHAPES)}")
     engines = [e for e in a.engines.split(",") if have_oracle() or not e.startswith("oracle")]
     versions = {"numpy": np.__version__, "python": platform.python_version()}
     for mod in ("numba", "torch", "transformers"):

@@ -11,8 +11,8 @@ Policy, in one place:
 - fast-math without "nnan"/"ninf", so -inf masks and isinf/isnan stay meaningful (fastmath=True made
   np.isinf(-inf) return False); reassociation changes summation order, so kernels match their references
   to rtol ~1e-5, not bit for bit.
-- compiled code is cached on disk (`__pycache__` beside this package, or NUMBA_CACHE_DIR);
-  K25REF_NUMBA_CACHE=0 switches caching off (read-only installs, stale caches).
+- compiled code is cached on disk (`__pycache__` beside this package, or NUMBA_CACHE_DIR), stamped with
+  every kernel file's time and size (`stamp_cache`); K25REF_NUMBA_CACHE=0 switches caching off.
 - threads follow NUMBA_NUM_THREADS (numba's own variable; default: all cores). Calls with little work run
   on one thread (`launch`): waking the others costs more than it saves, and on a busy machine a parallel
   region waits for its slowest, possibly descheduled, thread (milliseconds).
@@ -36,7 +36,32 @@ def jit(fn, *, parallel=False):
     """Compile `fn` with numba if we have it (lazily, at first call); otherwise hand it back unchanged."""
     if not HAVE_NUMBA:
         return fn
-    return numba.njit(fn, parallel=parallel, cache=CACHE, fastmath=FASTMATH)
+    kernel = numba.njit(fn, parallel=parallel, cache=CACHE, fastmath=FASTMATH)
+    if CACHE and not stamp_cache(kernel):
+        kernel = numba.njit(fn, parallel=parallel, cache=False, fastmath=FASTMATH)
+    return kernel
+
+
+def sources_stamp():
+    """(name, mtime, size) of every kernel file: what a cached kernel must have been compiled against."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return tuple((name, os.stat(os.path.join(here, name)).st_mtime, os.stat(os.path.join(here, name)).st_size)
+                 for name in sorted(os.listdir(here)) if name.endswith(".py"))
+
+
+def stamp_cache(kernel):
+    """Numba checks a cached kernel against the time stamp of its own file only, but kernels inline loops
+    from other kernel files (moe_experts calls int4_matvec's): after an edit there, the cache would serve
+    the old machine code. The stamp of a cached kernel is made that of every kernel file, so an edit to one
+    recompiles all. Returns False if this numba keeps its cache elsewhere (the caller then compiles uncached)."""
+    cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+    if not hasattr(cache_file, "_source_stamp"):
+        return False
+    cache_file._source_stamp = SOURCES_STAMP
+    return True
+
+
+SOURCES_STAMP = sources_stamp()
 
 
 def launch(kernel, work, *args):
