@@ -55,12 +55,13 @@ class Model:
         """MoonViT + projector: one row per merged 2x2 patch group (a video chunk's frames are pooled)."""
         return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture, backend)
 
-    def embed_prompt(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, D)
+    def embed_prompt(self, input_ids, pixel_values=None, grid_thw=None, capture=None,
+                     backend="numpy"):  # (T,) -> (T, D)
         """Token embeddings with image/video features scattered, in order, over the media placeholder ids.
         Placeholders without media (or the reverse) are a PromptError, never a silent wrong answer."""
         ids = self.check_ids(input_ids)
         h = self.weights.embedding_rows(ids)                                  # (T, D)
-        feats = (self.vision_features(pixel_values, grid_thw, capture) if pixel_values is not None
+        feats = (self.vision_features(pixel_values, grid_thw, capture, backend) if pixel_values is not None
                  else np.zeros((0, self.cfg.text.hidden_size), np.float32))
         return multimodal.splice(h, ids, feats, self.cfg.media_placeholder_token_id)
 
@@ -104,9 +105,7 @@ class Model:
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)
-        # media go through the NumPy vision path whatever the backend: the numba path (the same BLAS products
-        # around a softmax kernel) is faster on one thread but slower on two (docs/performance.md, vision encode)
-        embeds = self.embed_prompt(ids, pixel_values, grid_thw) if max_new_tokens else None
+        embeds = self.embed_prompt(ids, pixel_values, grid_thw, backend=backend) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]
             token = sample(logits, temperature, top_k, top_p, rng)

@@ -133,8 +133,9 @@ def pos_emb_interpolate(table, h, w):  # (Ht, Wt, Dvis) -> (h, w, Dvis)
     """
     rows = bicubic_matrix(h, table.shape[0])                                        # (h, Ht)
     cols = bicubic_matrix(w, table.shape[1])                                        # (w, Wt)
-    tmp = np.einsum("ha,abd->hbd", rows, table)                                     # (h, Wt, Dvis)
-    return np.einsum("wb,hbd->hwd", cols, tmp)                                      # (h, w, Dvis)
+    Ht, Wt, D = table.shape
+    tmp = (rows @ table.reshape(Ht, Wt * D)).reshape(h, Wt, D)                      # (h, Wt, Dvis)
+    return cols @ tmp                                                               # (h, w, Dvis), per row h
 
 
 def temporal_embedding(t, D):  # -> (t, D) float32
@@ -218,20 +219,29 @@ BLOCK_NAMES = {"norm0": "norm0", "wqkv": "wqkv", "wo": "wo", "norm1": "norm1", "
 
 
 def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) x3 -> (H, N, Dh)
-    """softmax(q k^T / sqrt(Dh)) v inside each segment. The products go to BLAS; the softmax is the part
-    with a kernel (kernels/vision_attention.py), picked here."""
-    rows_softmax = softmax
-    if backend == "numba":
-        from k25ref.kernels.vision_attention import softmax_rows as rows_softmax
+    """softmax(q k^T / sqrt(Dh)) v inside each segment. The products go to BLAS; the softmax (with the
+    scaling, which it fuses) is the part with a kernel (kernels/vision_attention.py), picked here."""
     H, N, Dh = q.shape
+    scale = np.float32(Dh ** -0.5)
+    if backend == "numba":
+        from k25ref.kernels.vision_attention import softmax_rows as scaled_softmax
+    else:
+        scaled_softmax = lambda scores, scale: softmax(scores * scale)              # noqa: E731
     out = np.empty_like(val)                                                        # (H, N, Dh)
     for a, b in bounds:                                                             # one image / video chunk
         kT = k[:, a:b].transpose(0, 2, 1)                                           # (H, Dh, n)
         for r in range(a, b, QUERY_ROWS):                                           # softmax rows are independent
             e = min(r + QUERY_ROWS, b)
-            scores = q[:, r:e] @ kT * np.float32(Dh ** -0.5)                        # (H, rows, n)
-            out[:, r:e] = rows_softmax(scores) @ val[:, a:b]                        # (H, rows, Dh)
+            out[:, r:e] = scaled_softmax(q[:, r:e] @ kT, scale) @ val[:, a:b]       # (H, rows, Dh)
     return out
+
+
+def elementwise(backend):  # -> (layer_norm, gelu_tanh of h + bias, apply_rope_interleaved)
+    """A block's passes between products: NumPy's, or the one-pass kernels of kernels/vision_block.py."""
+    if backend == "numba":
+        from k25ref.kernels import vision_block as kb
+        return kb.layer_norm, kb.bias_gelu_tanh, kb.apply_rope_interleaved
+    return layer_norm, lambda h, bias: gelu_tanh(h + bias), apply_rope_interleaved
 
 
 def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
@@ -241,9 +251,10 @@ def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
         o_h = softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(Dh)) v_h   within each segment        [ViT; RoFormer eq. 34]
     """
     N, H, Dh = x.shape[0], v.num_attention_heads, v.head_dim
+    rope = elementwise(backend)[2]
     qkv = x @ blk.wqkv_weight.T + blk.wqkv_bias                                     # (N, 3*Dvis)
     q, k, val = qkv.reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)                       # (H, N, Dh) each
-    q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)  # same pair order for both
+    q, k = rope(q, cos, sin), rope(k, cos, sin)                                     # same pair order for both
     out = block_diagonal_attention(q, k, val, bounds, backend)                      # (H, N, Dh)
     return out.transpose(1, 0, 2).reshape(N, H * Dh) @ blk.wo_weight.T + blk.wo_bias  # (N, Dvis)
 
@@ -252,8 +263,9 @@ def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
                  backend="numpy"):  # (N, Dvis) -> (N, Dvis)
     """Pre-LN transformer block [ViT eqs. 2-3]: x += Attn(LN0 x); x += fc1 gelu_tanh(fc0 LN1 x)."""
     eps = v.layer_norm_eps
-    x = x + attention(layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
-    h = gelu_tanh(layer_norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T + blk.fc0_bias)  # (N, Fvis)
+    norm, bias_gelu, _ = elementwise(backend)
+    x = x + attention(norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
+    h = bias_gelu(norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T, blk.fc0_bias)  # (N, Fvis)
     return x + h @ blk.fc1_weight.T + blk.fc1_bias                                 # (N, Dvis)
 
 

@@ -35,7 +35,7 @@ def temporal_merge(x, grid_thw):  # (N, Dvis), (I, 3) -> (M, 4, Dvis),  M = sum 
     return np.concatenate(parts)
 
 
-def project(W, cfg: KimiK25Config, merged):  # (M, 4, Dvis) -> (M, D)
+def project(W, cfg: KimiK25Config, merged, backend="numpy"):  # (M, 4, Dvis) -> (M, D)
     """The patch-merger projector: per-sub-patch LayerNorm, concat, Linear, exact GELU, Linear.
 
     The GELU here is the exact erf form (torch nn.GELU()), unlike the tower's tanh approximation.
@@ -43,10 +43,13 @@ def project(W, cfg: KimiK25Config, merged):  # (M, 4, Dvis) -> (M, D)
     v = vision_config(cfg)
     M, K, Dvis = merged.shape
     assert (K, Dvis) == (4, v.hidden_size)
-    z = layer_norm(merged, W.f32(f"{PROJECTOR}pre_norm.weight"), W.f32(f"{PROJECTOR}pre_norm.bias"),
-                   v.projector_ln_eps)                                              # (M, 4, Dvis)
+    norm, gelu = layer_norm, gelu_erf
+    if backend == "numba":                                                          # the one-pass kernels
+        from k25ref.kernels.vision_block import gelu_erf as gelu, layer_norm as norm
+    z = norm(merged, W.f32(f"{PROJECTOR}pre_norm.weight"), W.f32(f"{PROJECTOR}pre_norm.bias"),
+             v.projector_ln_eps)                                                    # (M, 4, Dvis)
     z = z.reshape(M, K * Dvis)                                                      # (M, 4*Dvis)  k*Dvis + c
-    h = gelu_erf(z @ W.f32(f"{PROJECTOR}proj.0.weight").T + W.f32(f"{PROJECTOR}proj.0.bias"))  # (M, 4*Dvis)
+    h = gelu(z @ W.f32(f"{PROJECTOR}proj.0.weight").T + W.f32(f"{PROJECTOR}proj.0.bias"))  # (M, 4*Dvis)
     return h @ W.f32(f"{PROJECTOR}proj.2.weight").T + W.f32(f"{PROJECTOR}proj.2.bias")        # (M, D)
 
 
@@ -59,7 +62,7 @@ def vision_features(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
     """
     y = vision_tower(W, cfg, pixel_values, grid_thw, capture, backend)              # (N, Dvis), grid checked
     merged = temporal_merge(y, grid_thw)                                            # (M, 4, Dvis)
-    features = project(W, cfg, merged)                                              # (M, D)
+    features = project(W, cfg, merged, backend)                                            # (M, D)
     if capture is not None:
         capture.update({"vision.tower": y, "vision.merged": merged, "vision.features": features})
     return features

@@ -25,8 +25,10 @@ from k25ref.kernels.vision_attention import (_exp_loops, _softmax_rows_loops, ex
 from k25ref.make_tiny import preset
 from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref
 from k25ref.moe import moe
-from k25ref.moonvit import VisionBlockWeights, attention, rope_2d, segments
-from k25ref.nn import softmax
+from k25ref.kernels import vision_block as vb
+from k25ref.moonvit import VisionBlockWeights, attention, rope_2d, segments, vision_block
+from k25ref.nn import gelu_erf, gelu_tanh, layer_norm, softmax
+from k25ref.rope import apply_rope_interleaved
 from conftest import check_close
 
 pytestmark = pytest.mark.kernels
@@ -198,8 +200,22 @@ def test_softmax_rows_matches_reference(rng, body):
         assert got is x                                           # in place: no second (H, rows, n) array
     else:
         got = x.reshape(-1, 37)
-        _softmax_rows_loops(got)
+        _softmax_rows_loops(got, np.float32(1.0), got.max(axis=1))
     close(got.reshape(ref.shape), ref, "softmax rows")
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_softmax_rows_fuses_the_scale(rng, body):
+    """softmax(scale * x) with the scaling inside the kernel: the same numbers as scaling first."""
+    x = (rng.standard_normal((6, 50)) * 30).astype(np.float32)
+    scale = np.float32(72 ** -0.5)
+    ref = softmax((x * scale).astype(np.float64))
+    if body == "kernel":
+        got = softmax_rows(x.copy(), scale)
+    else:
+        got = x.copy()
+        _softmax_rows_loops(got, scale, got.max(axis=1) * scale)
+    close(got, ref, "scaled softmax rows", rtol=1e-6)
 
 
 @pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
@@ -220,14 +236,84 @@ def test_segment_attention_matches_reference(rng, grid):
 
 
 # ----------------------------------------------------------------------------
+# the elementwise passes of a vision block
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_vision_layer_norm_matches_reference(rng, body):
+    x = (rng.standard_normal((7, 48)) * 3 + 5).astype(np.float32)                 # a mean far from 0
+    w, b = rng.standard_normal(48, dtype=np.float32), rng.standard_normal(48, dtype=np.float32)
+    ref = layer_norm(x.astype(np.float64), w, b, 1e-5)
+    if body == "kernel":
+        got = vb.layer_norm(x.reshape(7, 1, 48), w, b, 1e-5).reshape(7, 48)          # (..., D) like nn's
+    else:
+        got = np.empty_like(x)
+        vb._layer_norm_loops(x, w, b, 1e-5, got)
+    close(got, ref, "layer norm", rtol=1e-6)
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_bias_gelu_tanh_matches_reference(rng, body):
+    """Over -20..20, where 1 + tanh(y) cancels at the low end: close to the float64 reference everywhere."""
+    h = np.linspace(-20, 20, 4001, dtype=np.float32).reshape(1, -1) - np.float32(0.5)
+    bias = np.full(h.shape[1], 0.5, np.float32)
+    ref = gelu_tanh(h.astype(np.float64) + 0.5)
+    got = h.copy()
+    (vb.bias_gelu_tanh if body == "kernel" else vb._bias_gelu_tanh_loops)(got, bias)
+    close(got, ref, "bias + gelu_tanh", rtol=1e-6)
+    assert np.abs(got[0, :50]).max() < 1e-30                                       # e^-(2y) clamped, not inf - inf
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_gelu_erf_matches_reference(rng, body):
+    x = (rng.standard_normal((5, 64)) * 4).astype(np.float32)
+    ref = gelu_erf(x)
+    if body == "kernel":
+        got = vb.gelu_erf(x)
+    else:
+        got = np.empty_like(x)
+        vb._gelu_erf_loops(x, got)
+    close(got, ref, "gelu_erf", rtol=1e-7)                                         # both: float64 erf, one rounding
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_vision_rope_matches_reference(rng, body):
+    x = rng.standard_normal((3, 5, 8), dtype=np.float32)
+    cos, sin = rng.standard_normal((5, 4), dtype=np.float32), rng.standard_normal((5, 4), dtype=np.float32)
+    ref = apply_rope_interleaved(x, cos, sin)
+    if body == "kernel":
+        got = vb.apply_rope_interleaved(x, cos, sin)
+    else:
+        got = np.empty_like(x)
+        vb._rope_interleaved_loops(x, cos, sin, got)
+    close(got, ref, "rope", rtol=1e-6)
+
+
+def test_vision_block_matches_reference(rng):
+    """A whole block through the kernels (backend="numba") against the float64 NumPy block."""
+    v = from_hf(preset("tiny")).vision
+    D, F = v.hidden_size, v.intermediate_size
+    blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
+        (D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,), (F, D), (F,), (D, F), (D,))))
+    grid = [(1, 4, 4), (2, 2, 2)]
+    x = rng.standard_normal((24, D), dtype=np.float32)
+    rope = [rope_2d(g, v.head_dim, v.rope_theta) for g in grid]
+    cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
+    ref = vision_block(x.astype(np.float64), blk, v, cos, sin, segments(grid))
+    close(vision_block(x, blk, v, cos, sin, segments(grid), backend="numba"), ref, "vision block")
+
+
+# ----------------------------------------------------------------------------
 # policy
 
 
 def test_warmup_compiles_every_kernel():
     names = set(warmup())
-    assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows"}
+    assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows", "layer_norm",
+                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved"}
     for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, moe_experts_numba,
-                   softmax_rows_numba):
+                   softmax_rows_numba, vb.layer_norm_numba, vb.bias_gelu_tanh_numba, vb.gelu_erf_numba,
+                   vb.rope_interleaved_numba):
         if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
             assert kernel.targetoptions["fastmath"] == FASTMATH
             assert kernel.signatures, f"{kernel} was not compiled by warmup()"

@@ -11,6 +11,8 @@ Policy, in one place:
 - fast-math without "nnan"/"ninf", so -inf masks and isinf/isnan stay meaningful (fastmath=True made
   np.isinf(-inf) return False); reassociation changes summation order, so kernels match their references
   to rtol ~1e-5, not bit for bit.
+- NumPy's error model: x / 0 is inf or nan, as in the references, not a ZeroDivisionError (Python's
+  model tests every divisor, which keeps a loop with a division from vectorizing);
 - compiled code is cached on disk (`__pycache__` beside this package, or NUMBA_CACHE_DIR), stamped with
   every kernel file's time and size (`stamp_cache`); K25REF_NUMBA_CACHE=0 switches caching off.
 - threads follow NUMBA_NUM_THREADS (numba's own variable; default: all cores). Calls with little work run
@@ -36,9 +38,10 @@ def jit(fn, *, parallel=False):
     """Compile `fn` with numba if we have it (lazily, at first call); otherwise hand it back unchanged."""
     if not HAVE_NUMBA:
         return fn
-    kernel = numba.njit(fn, parallel=parallel, cache=CACHE, fastmath=FASTMATH)
+    options = dict(parallel=parallel, fastmath=FASTMATH, error_model="numpy")
+    kernel = numba.njit(fn, cache=CACHE, **options)
     if CACHE and not stamp_cache(kernel):
-        kernel = numba.njit(fn, parallel=parallel, cache=False, fastmath=FASTMATH)
+        kernel = numba.njit(fn, cache=False, **options)
     return kernel
 
 
@@ -92,9 +95,9 @@ def warmup():
 
     Returns {kernel name: seconds}: the first-call cost a later run no longer pays.
     """
-    from k25ref.kernels import bf16_matvec, int4_matvec, mla_decode, moe_experts, vision_attention
+    from k25ref.kernels import bf16_matvec, int4_matvec, mla_decode, moe_experts, vision_attention, vision_block
     seconds = {}
-    for module in (int4_matvec, bf16_matvec, mla_decode, moe_experts, vision_attention):
+    for module in (int4_matvec, bf16_matvec, mla_decode, moe_experts, vision_attention, vision_block):
         for name, call in module.warmup_calls():
             t0 = time.perf_counter()
             call()

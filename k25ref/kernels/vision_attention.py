@@ -5,14 +5,15 @@ Reference (the spec): k25ref.nn.softmax, as called by the segment loop of k25ref
     o_h[a:b] = softmax(q_h[a:b] k_h[a:b]^T / sqrt(Dh)) v_h[a:b]    for each segment [a, b)    [ViT; Kimi-VL §2.1]
 
 The two products stay with BLAS, which does them well; what NumPy does slowly is the softmax between them:
-five passes over the (H, rows, n) scores, on one thread. This kernel takes one row per parallel task and
-makes three passes over it, in place: max, exp and sum, scale. The exponential is a polynomial (below) so
-the loop vectorizes; numba's own exp calls the C library once per element.
+six passes over the (H, rows, n) scores, counting the scaling by 1/sqrt(Dh). This kernel makes three
+passes over each row, in place: max (by NumPy), scale and exp and sum, normalise. The exponential is a polynomial
+(below) so the loop vectorizes; numba's own exp calls the C library once per element. It runs on the
+calling thread, between two BLAS products (why: kernels/vision_block.py).
 Checked by tests/test_kernels.py (exp, softmax rows, whole attention; also with NUMBA_DISABLE_JIT=1).
 """
 import numpy as np
 
-from k25ref.kernels import jit, launch, prange
+from k25ref.kernels import jit
 
 EXP_MIN = np.float32(-87.0)      # below this e^x < 1.7e-38: taken as 0 (so -inf, a masked score, gives 0)
 
@@ -37,29 +38,29 @@ def _exp_loops(x):  # float32 -> float32, e^x
 exp_numba = jit(_exp_loops)
 
 
-def _softmax_rows_loops(x):  # (R, n) float32, in place: x[i] <- softmax(x[i])
-    for i in prange(x.shape[0]):
+def _softmax_rows_loops(x, scale, top):  # (R, n), scale, top: (R,) = max(scale * x[i]) -> x[i] <- softmax, in place
+    for i in range(x.shape[0]):
         row = x[i]
-        top = np.float32(-np.inf)
-        for j in range(row.shape[0]):
-            top = max(top, row[j])
         total = np.float32(0.0)
         for j in range(row.shape[0]):
-            row[j] = exp_numba(row[j] - top)
+            row[j] = exp_numba(row[j] * scale - top[i])            # scaled first: the reference's rounding
             total += row[j]
         inv = np.float32(1.0) / total
         for j in range(row.shape[0]):
             row[j] *= inv
 
 
-softmax_rows_numba = jit(_softmax_rows_loops, parallel=True)
+softmax_rows_numba = jit(_softmax_rows_loops)
 
 
-def softmax_rows(x):  # (..., n) float32 -> the same array, softmax along the last axis
-    """The kernel twin of nn.softmax(x, axis=-1), in place when x is C-contiguous (else on a copy)."""
+def softmax_rows(x, scale=1.0):  # (..., n) float32 -> the same array, softmax(scale * x) along the last axis
+    """The kernel twin of nn.softmax(x * scale, axis=-1), in place when x is C-contiguous (else on a copy).
+    The row maxima come from NumPy, whose max is vectorized (a max loop in numba is not: NaN rules); for
+    scale > 0, max(scale * x) = scale * max(x) exactly, as rounding keeps order."""
     x = np.ascontiguousarray(x, np.float32)
     rows = x.reshape(-1, x.shape[-1])
-    launch(softmax_rows_numba, 16 * rows.size, rows)                     # ~16 operations per score (the exp)
+    scale = np.float32(scale)
+    softmax_rows_numba(rows, scale, rows.max(axis=1) * scale)
     return x
 
 
