@@ -261,7 +261,9 @@ def worker(engine, path, threads):
 
 
 def run_worker(engine, path, threads, workdir=None):
-    blas = 1 if engine == "k25ref-numba" else threads      # BLAS threads would compete with numba's (and stall)
+    # BLAS threads would compete with numba's in decoding (and stall); the vision path's kernels run on the
+    # calling thread between BLAS products (kernels/vision_block.py), so there BLAS gets the threads
+    blas = 1 if engine == "k25ref-numba" and path != "vision" else threads
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(blas), MKL_NUM_THREADS=str(blas))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, path, "--threads", str(threads)]
