@@ -120,12 +120,13 @@ def test_group_by_expert_is_a_stable_counting_sort():
     assert order.tolist() == [1, 2, 3, 5, 0, 4]                 # pair t*A+a, grouped by expert, tokens in order
 
 
-# decode; experts shared by tokens; A = E; several 4-token passes with a tail
-@pytest.mark.parametrize("T, E, A", [(1, 4, 2), (5, 6, 3), (3, 4, 4), (19, 4, 2)])
+# decode; experts shared by tokens; A = E; several 4-token passes with a tail; down rows in three blocks
+@pytest.mark.parametrize("T, E, A, D", [(1, 4, 2, 64), (5, 6, 3, 64), (3, 4, 4, 64), (19, 4, 2, 64), (1, 3, 2, 160),
+                                        (6, 5, 2, 160)])
 @pytest.mark.parametrize("body", ["kernel", "loops"])
 @pytest.mark.parametrize("stack", [True, False])
-def test_moe_experts_matches_reference(rng, T, E, A, body, stack):
-    D, F = 64, 32
+def test_moe_experts_matches_reference(rng, T, E, A, D, body, stack):
+    F = 32
     ws = _experts(rng, E, D, F)
     u = rng.standard_normal((T, D), dtype=np.float32)
     idx = np.stack([rng.choice(E, A, replace=False) for _ in range(T)])
@@ -141,7 +142,7 @@ def test_moe_experts_matches_reference(rng, T, E, A, body, stack):
     else:
         out = np.empty((T, D), np.float32)
         _moe_experts_loops(u, rows, g, *experts, out)
-    close(out, ref, f"moe T={T} E={E} A={A}")
+    close(out, ref, f"moe T={T} E={E} A={A} D={D}")
 
 
 # ----------------------------------------------------------------------------
