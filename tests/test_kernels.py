@@ -18,8 +18,8 @@ from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_mat
 from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, bf16_round_numba,
                                         dequantize_row_numba, int4_matmul, int4_matmul_numba, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
-from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops,
-                                        moe_experts, moe_experts_numba)
+from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
+                                        moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.vision_attention import (_exp_loops, _softmax_rows_loops, exp_numba, softmax_rows,
                                              softmax_rows_numba)
 from k25ref.make_tiny import preset
@@ -118,6 +118,15 @@ def test_group_by_expert_is_a_stable_counting_sort():
     _group_by_expert_loops(idx, 3, start, order)
     assert start.tolist() == [0, 2, 4, 6]
     assert order.tolist() == [1, 2, 3, 5, 0, 4]                 # pair t*A+a, grouped by expert, tokens in order
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_silu_matches_reference(body):
+    """The inlined silu, over the whole range: -200 (e^-a clamped) to 100."""
+    a = np.linspace(-200, 100, 3001).astype(np.float32)
+    got = np.array([(silu_numba if body == "kernel" else _silu_loops)(v) for v in a], np.float32)
+    ref = a.astype(np.float64) / (1 + np.exp(-a.astype(np.float64)))
+    check_close(got, ref, rtol=4e-7, atol=1e-30, label="silu")
 
 
 # decode; experts shared by tokens; A = E; several 4-token passes with a tail; down rows in three blocks

@@ -16,6 +16,7 @@ import numpy as np
 from k25ref.kernels import jit
 
 EXP_MIN = np.float32(-87.0)      # below this e^x < 1.7e-38: taken as 0 (so -inf, a masked score, gives 0)
+EXP_MAX = np.float32(88.0)       # e^88 is finite in float32: callers clamp larger arguments to it
 
 
 def _exp_loops(x):  # float32 -> float32, e^x

@@ -23,10 +23,9 @@ import math
 import numpy as np
 
 from k25ref.kernels import jit
-from k25ref.kernels.vision_attention import exp_numba
+from k25ref.kernels.vision_attention import EXP_MAX, exp_numba
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-EXP_MAX = np.float32(88.0)         # e^88 is finite in float32; the sigmoid is 0 beyond it anyway
 
 
 def _layer_norm_loops(x, w, b, eps, out):  # (N, D), (D,), (D,), float -> out: (N, D)
