@@ -56,6 +56,8 @@ def test_images_and_video_chunks_in_one_prompt(tmp_path, seed, dims):
 
     tower, projector, _ = oracle_vision.load_oracle(str(tmp_path))
     features = oracle_vision.run_oracle(tower, projector, pixels, grid)["vision.features"]
+    for backend in ("numpy", "numba"):                      # the reference and the one-pass kernels
+        assert rel_err(model.vision_features(pixels, grid, backend=backend), features) < 1e-5, backend
     full = oracle.load_oracle(str(tmp_path))
     lm = oracle.text_model(full)
     with torch.no_grad():
