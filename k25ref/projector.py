@@ -62,7 +62,7 @@ def vision_features(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
     """
     y = vision_tower(W, cfg, pixel_values, grid_thw, capture, backend)              # (N, Dvis), grid checked
     merged = temporal_merge(y, grid_thw)                                            # (M, 4, Dvis)
-    features = project(W, cfg, merged, backend)                                            # (M, D)
+    features = project(W, cfg, merged, backend)                                     # (M, D)
     if capture is not None:
         capture.update({"vision.tower": y, "vision.merged": merged, "vision.features": features})
     return features
