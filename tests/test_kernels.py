@@ -20,8 +20,8 @@ from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, b
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
-from k25ref.kernels.vision_attention import (_exp_loops, _softmax_rows_loops, exp_numba, softmax_rows,
-                                             softmax_rows_numba)
+from k25ref.kernels.expf import _exp_loops, exp_numba
+from k25ref.kernels.vision_attention import _softmax_rows_loops, softmax_rows, softmax_rows_numba
 from k25ref.make_tiny import preset
 from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref
 from k25ref.moe import moe
@@ -344,12 +344,17 @@ def test_fastmath_keeps_inf_checks():
 
 def test_a_cached_kernel_is_stamped_with_every_kernel_file(tmp_path):
     """moe_experts inlines int4_matvec's loops: numba's own stamp (the kernel's file) would keep serving the
-    old machine code after an edit to int4_matvec.py. Every cached kernel carries the stamp of all files."""
+    old machine code after an edit to int4_matvec.py. Every cached kernel carries the stamp of all files,
+    and touching any one of them changes it."""
     import os
     import k25ref.kernels as kernels
-    names = {name for name, _, _ in kernels.SOURCES_STAMP}
-    assert names == {n for n in os.listdir(os.path.dirname(kernels.__file__)) if n.endswith(".py")}
-    assert {"int4_matvec.py", "moe_experts.py"} <= names
+    for name in ("a.py", "b.py", "notes.txt"):
+        (tmp_path / name).write_text("x = 1\n")
+    before = kernels.sources_stamp(str(tmp_path))
+    assert [name for name, _, _ in before] == ["a.py", "b.py"]
+    os.utime(tmp_path / "b.py", ns=(0, 10 ** 9))                   # an edit elsewhere: a new time stamp
+    assert kernels.sources_stamp(str(tmp_path)) != before
+    assert {"int4_matvec.py", "moe_experts.py"} <= {name for name, _, _ in kernels.SOURCES_STAMP}
     if kernels.CACHE and compiled():
         for kernel in (int4_matmul_numba, moe_experts_numba):
             assert kernel._cache._cache_file._source_stamp == kernels.SOURCES_STAMP

@@ -45,11 +45,10 @@ def jit(fn, *, parallel=False):
     return kernel
 
 
-def sources_stamp():
+def sources_stamp(folder=os.path.dirname(os.path.abspath(__file__))):
     """(name, mtime, size) of every kernel file: what a cached kernel must have been compiled against."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return tuple((name, os.stat(os.path.join(here, name)).st_mtime, os.stat(os.path.join(here, name)).st_size)
-                 for name in sorted(os.listdir(here)) if name.endswith(".py"))
+    stats = {name: os.stat(os.path.join(folder, name)) for name in sorted(os.listdir(folder)) if name.endswith(".py")}
+    return tuple((name, st.st_mtime, st.st_size) for name, st in stats.items())
 
 
 def stamp_cache(kernel):

@@ -13,7 +13,7 @@ Checked by tests/test_kernels.py::test_mla_absorbed_matches_reference (also with
 import numpy as np
 
 from k25ref.kernels import jit, launch, prange
-from k25ref.kernels.vision_attention import exp_numba
+from k25ref.kernels.expf import exp_numba
 
 
 def _mla_absorbed_loops(q_nope, q_rope, c_kv, k_rope, wkv_b, scale, out):

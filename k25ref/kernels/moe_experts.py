@@ -14,7 +14,7 @@ This kernel, in three steps:
   3. down    parallel over blocks of 64 output rows d: expert by expert, dequantize rows d of down_proj once
              and add g[t, slot] * (row . hidden[pair]) into out[t, d]                  (each task owns its d).
              Experts in the outer loop: each expert's hidden rows are read once per block, not once per four
-             rows (a 128-token prompt at `tools/bench.py`'s small shapes, one thread: 29 ms -> 27 ms).
+             rows (a tenth less time for the down step of a 128-token prompt at the benchmark's small shapes).
 Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in float32. With several tokens
 (prefill) four dequantized rows meet four tokens per pass (`tile44`); a lone token (decoding) gets each
 weight straight inside the dot product.
@@ -28,9 +28,9 @@ import numpy as np
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight
 from k25ref.kernels import array_list, jit, launch, prange
+from k25ref.kernels.expf import EXP_MAX, exp_numba
 from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, dequantize_dot_numba, dequantize_row_numba, split_nibbles_numba,
                                         tile44_numba)
-from k25ref.kernels.vision_attention import EXP_MAX, exp_numba
 
 
 DOWN_ROWS = 64     # output rows per down-step task: every chosen expert's hidden rows are read once per task
@@ -56,7 +56,7 @@ def _group_by_expert_loops(idx, E, start, order):  # (T, A) int64 -> start: (E+1
 group_by_expert_numba = jit(_group_by_expert_loops)
 
 
-def _silu_loops(a):  # float32 -> a * sigmoid(a), e^-a by the polynomial of kernels/vision_attention.py
+def _silu_loops(a):  # float32 -> a * sigmoid(a), e^-a by the polynomial of kernels/expf.py
     """A call to the C library's exp per hidden unit cost ~3% of a prompt; the polynomial is inlined.
     For a < -88 the clamp leaves a / e^88, below 1e-36 instead of a * e^a: zero either way at float32 scale."""
     return a / (np.float32(1.0) + exp_numba(min(-a, EXP_MAX)))

@@ -7,15 +7,15 @@ References (the spec), in k25ref.nn and k25ref.rope:
     gelu_erf(x)                       0.5 x (1 + erf(x / sqrt 2))       (the projector's exact GELU)
     apply_rope_interleaved(x, c, s)   [x_even c - x_odd s | x_odd c + x_even s]          [RoFormer eq. 34]
 
-Between BLAS products the tower spends a third of its time in these (a 448x448 image, one thread).
+Through NumPy these took a third of the tower's time on a 448x448 image (cProfile, one thread).
 The kernels run on the calling thread: OpenBLAS's threads keep spinning for a while after each product,
-and a parallel region started then (numba's OpenMP threads spin too) made the whole tower 25% slower on
-two cores instead of faster (`tools/bench.py`, docs/performance.md).
+and a parallel region started then (numba's OpenMP threads spin too) made the whole tower slower on
+two cores instead of faster.
 
 Two choices that change the last bits, both toward the exact value:
 - LayerNorm's mean and variance are summed in float64 (NumPy and torch sum float32 in different orders);
 - 0.5 (1 + tanh y) is computed as 1 / (1 + e^(-2y)), the same number without the cancellation of
-  1 + tanh y near -1, with the vectorizing exp of kernels/vision_attention.py.
+  1 + tanh y near -1, with the vectorizing exp of kernels/expf.py.
 Checked by tests/test_kernels.py (each kernel against its reference, also with NUMBA_DISABLE_JIT=1).
 """
 import math
@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from k25ref.kernels import jit
-from k25ref.kernels.vision_attention import EXP_MAX, exp_numba
+from k25ref.kernels.expf import EXP_MAX, exp_numba
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
