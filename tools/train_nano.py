@@ -502,17 +502,16 @@ def lr_at(progress, peak, warmup=0.03, floor=0.1):
 
 
 def train(args):
+    from oracle import load_oracle
     from torch.nn.utils import parametrize
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_pretrained(TOKENIZER)
     hub = nano_hub_config()
     if args.init:                                   # continue from a released-layout folder (fresh optimiser)
-        from oracle import load_oracle
         model = load_oracle(args.init)
     else:
         model = build_model(hub, args.seed)
     if args.vision_from:                            # the tower and projector of another run (--vision-only)
-        from oracle import load_oracle
         vision = load_oracle(args.vision_from).model
         model.model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
         model.model.mm_projector.load_state_dict(vision.mm_projector.state_dict())
