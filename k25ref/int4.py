@@ -16,6 +16,7 @@ ties to even). `dequantize` does exactly that. Nibble order is a classic trap; t
 round trip and a hand-packed word.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -38,6 +39,12 @@ class Int4Weight:
     @property
     def nbytes(self):
         return self.packed.nbytes + self.scale.size * 2    # scales are 2 bytes each on disk
+
+    @cached_property
+    def scale_magnitudes(self):  # -> (smallest nonzero |scale| or 0, largest |scale|), computed once
+        a = np.abs(self.scale)
+        nonzero = a[a > 0]
+        return float(nonzero.min()) if nonzero.size else 0.0, float(a.max()) if a.size else 0.0
 
 
 def unpack(packed, n_in):  # (O, I/8) int32 -> (O, I) int8 in -8..7

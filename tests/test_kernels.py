@@ -13,10 +13,11 @@ from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.config import from_hf
 from k25ref.errors import ConfigError
 from k25ref.int4 import dequantize, quantize
-from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, launch, warmup
+from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
 from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
-from k25ref.kernels.int4_matvec import (_bf16_round_loops, _int4_matmul_loops, bf16_round_numba,
-                                        dequantize_row_numba, int4_matmul, int4_matmul_numba, split_nibbles)
+from k25ref.kernels.int4_matvec import (SCALE_RANGE, _bf16_product_loops, _int4_matmul_loops, bf16_product_numba,
+                                        dequantize_row_numba, in_scale_range, int4_matmul, int4_matmul_numba,
+                                        split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
@@ -43,14 +44,47 @@ def close(out, ref, label, rtol=1e-5):
 # INT4 matvec
 
 
-def test_bf16_round_is_checkpoints_rounding(rng):
-    v = np.concatenate([rng.standard_normal(200).astype(np.float32),
-                        np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3 * 0.0078125 * 7, 0.0, -0.0],
-                                 np.float32)])                                     # ties go to even
-    want = bf16_to_f32(f32_to_bf16(v))
-    for fn in (bf16_round_numba, _bf16_round_loops):
-        got = np.array([fn(np.float32(x)) for x in v], np.float32)
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+def _every_scale_and_code():  # -> q, s: (16 N,) float32, every code -8..7 with every bf16 scale in SCALE_RANGE
+    """Every scale when compiled; as Python (NUMBA_DISABLE_JIT=1), every 61st, to keep the run short."""
+    bits = np.arange(0x0080, 0x7F80, 1 if compiled() else 61, dtype=np.uint32) << np.uint32(16)   # positive normal bf16
+    s = bits.view(np.float32)
+    s = s[s < SCALE_RANGE[1]]
+    s = np.concatenate([s, -s])
+    return np.tile(np.arange(-8, 8, dtype=np.float32), s.size), np.repeat(s, 16)
+
+
+def test_bf16_product_rounds_like_dequantize_for_every_scale_and_code():
+    """The split rounding equals int4.dequantize's (nearest, ties to even) over its whole domain, as numbers:
+    q = 0 with a negative scale gives +0 where the reference has -0, which no sum can tell apart."""
+    q, s = _every_scale_and_code()
+    want = bf16_to_f32(f32_to_bf16(q * s))
+    got = np.empty_like(q)
+    _bf16_products(q, s, s * np.float32(65537.0), got)
+    assert np.array_equal(got, want)
+    assert np.array_equal(got[q != 0].view(np.uint32), want[q != 0].view(np.uint32))
+    ties = np.array([3, 5, 7, -3], np.float32), np.float32(0.0078125 * (1 + 2**-7))   # 9 significant bits: ties
+    picked = [_bf16_product_loops(np.float32(v), ties[1], ties[1] * np.float32(65537)) for v in ties[0]]
+    assert picked == list(bf16_to_f32(f32_to_bf16(ties[0] * ties[1])))                # also run as Python
+
+
+def _bf16_products_loops(q, s, s65537, out):
+    for i in range(q.shape[0]):
+        out[i] = bf16_product_numba(q[i], s[i], s65537[i])
+
+
+_bf16_products = jit(_bf16_products_loops)
+
+
+@pytest.mark.parametrize("scale, inside", [(1e-2, True), (0.0, True), (2.0**99, True), (2.0**100, False),
+                                           (2.0**-126, True), (2.0**-127, False)])
+def test_weights_outside_the_scale_range_go_to_the_reference(rng, scale, inside):
+    """Subnormal or huge scales: the split is not exact there, so int4_matmul computes the reference."""
+    w = quantize(rng.standard_normal((8, 64), dtype=np.float32))
+    w.scale[1, 0] = scale
+    assert in_scale_range(w) == inside
+    x = rng.standard_normal((2, 64), dtype=np.float32)
+    ref = x.astype(np.float64) @ dequantize(w).astype(np.float64).T
+    close(int4_matmul(w, x), ref, f"int4 matmul, one scale {scale}")
 
 
 @pytest.mark.parametrize("G", [8, 32])

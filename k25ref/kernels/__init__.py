@@ -23,6 +23,8 @@ Policy, in one place:
 import os
 import time
 
+import numpy as np
+
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("K25REF_NUMBA_CACHE", "1") != "0"
 PARALLEL_MIN_WORK = 1 << 22         # multiply-adds below which a call runs on one thread
@@ -34,11 +36,13 @@ except ImportError:                     # the NumPy references still run everywh
     numba, prange, HAVE_NUMBA = None, range, False
 
 
-def jit(fn, *, parallel=False):
-    """Compile `fn` with numba if we have it (lazily, at first call); otherwise hand it back unchanged."""
+def jit(fn, *, parallel=False, exact=False):
+    """Compile `fn` with numba if we have it (lazily, at first call); otherwise hand it back unchanged.
+    exact=True compiles without fast-math, so every float operation happens as written (for rounding tricks
+    that reassociation would fold away); the flags stay with the operations when a caller inlines `fn`."""
     if not HAVE_NUMBA:
         return fn
-    options = dict(parallel=parallel, fastmath=FASTMATH, error_model="numpy")
+    options = dict(parallel=parallel, fastmath=set() if exact else FASTMATH, error_model="numpy")
     kernel = numba.njit(fn, cache=CACHE, **options)
     if CACHE and not stamp_cache(kernel):
         kernel = numba.njit(fn, cache=False, **options)
@@ -87,6 +91,29 @@ def array_list(arrays):
 def compiled():
     """True when kernels run as machine code (numba present and NUMBA_DISABLE_JIT not set)."""
     return HAVE_NUMBA and not numba.config.DISABLE_JIT
+
+
+def _fma_python(a, b, c):  # float32 a * b + c, for loop bodies run as Python
+    """a * b is exact in float64; the sum is then rounded twice (float64, float32), which equals one rounding
+    whenever a * b + c is exact in float64, as it is where the INT4 kernel uses it."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+def _fma_compiled():
+    """float32 fused multiply-add, a * b + c with one rounding: LLVM's llvm.fma (numba has no fma function),
+    wrapped in a jitted function so that loop bodies run as Python can call it too."""
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def llvm_fma(typingctx, a, b, c):
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+        return numba.float32(numba.float32, numba.float32, numba.float32), codegen
+
+    return jit(lambda a, b, c: llvm_fma(a, b, c))
+
+
+fma = _fma_compiled() if compiled() else _fma_python
 
 
 def warmup():

@@ -7,7 +7,9 @@ This kernel:          never materialises W: each task dequantizes one row at a t
                       output rows, so no two threads write the same output.
 
 Same numbers as the reference: every weight is first rounded to bfloat16 exactly as `int4.dequantize`
-rounds it (bf16(q * scale), nearest, ties to even), then multiplied and accumulated in float32.
+rounds it (bf16(q * scale), nearest, ties to even), then multiplied and accumulated in float32. The
+rounding is exact for scales in SCALE_RANGE (all real ones); `int4_matmul` sends other weights to the
+reference.
 
 Nibble-split order. Word k of a row packs inputs 8k..8k+7, input 8k+j in nibble j. Unpacking nibble j of
 every word is one shift over a contiguous array, so the kernel keeps rows in *split order*:
@@ -21,33 +23,52 @@ Checked by tests/test_kernels.py::test_int4_matmul_matches_reference (also with 
 import numpy as np
 
 from k25ref.errors import ConfigError
-from k25ref.int4 import Int4Weight
-from k25ref.kernels import jit, launch, prange
+from k25ref.int4 import Int4Weight, linear
+from k25ref.kernels import fma, jit, launch, prange
 
 ROWS_PER_TASK = 16            # output rows per parallel task (one row buffer per task)
 
 
-def _bf16_round_loops(v):  # float32 -> float32 rounded to bfloat16 (nearest, ties to even)
-    """Add 0x7FFF plus the lowest kept bit, then clear the low 16 bits: k25ref.checkpoint.f32_to_bf16.
-    Every step is cast back to uint32: numba widens integer arithmetic to 64 bits, which halves the SIMD width."""
-    u = np.float32(v).view(np.uint32)
-    odd = np.uint32(np.uint32(u >> np.uint32(16)) & np.uint32(1))
-    u = np.uint32(np.uint32(u + np.uint32(0x7FFF)) + odd)
-    return np.uint32(u & np.uint32(0xFFFF0000)).view(np.float32)
+def _bf16_product_loops(q, s, s65537):  # float32 code q, scale s, 65537 s -> bf16(q * s) as float32
+    """The product p = q s is exact in float32 (4 x 8 significant bits); rounding it to bfloat16 keeps its
+    leading 8 bits. Veltkamp's split does that in three float operations: t = (2^16 + 1) p, then
+    t - (t - p) is p rounded to 8 bits, to nearest. t is formed as q * (65537 s), the same number (65537 s
+    is exact, 8 + 17 bits), and t - p as one multiply-add. tests/test_kernels.py checks the result against
+    `int4.dequantize`'s rounding (ties to even) for every bf16 scale in SCALE_RANGE and every code.
+    Compiled without fast-math, so the operations happen as written: contraction or reassociation could
+    rewrite the split (t - (t - p) is p in real arithmetic)."""
+    t = q * s65537
+    return t - fma(-q, s, t)
 
 
-bf16_round_numba = jit(_bf16_round_loops)
+bf16_product_numba = jit(_bf16_product_loops, exact=True)
+
+SCALE_RANGE = (2.0 ** -126, 2.0 ** 100)   # |scale| (or 0) where the split is exact: normal, and t cannot overflow
 
 
-def _code_loops(word, shift):  # int32 word, nibble shift -> float32 signed code q = nibble - 8
-    """The nibble goes into the low mantissa bits of 2^23, so the float is 2^23 + nibble, exactly; then
-    q = (2^23 + nibble) - (2^23 + 8), exact too. One bit operation (mask and OR fuse) where an int-to-float
-    conversion takes two: 7% off a 2048x7168 matvec."""
-    bits = np.int32(np.int32((word >> shift) & np.int32(15)) | np.int32(0x4B000000))
-    return bits.view(np.float32) - np.float32(8388616.0)
+def in_scale_range(w: Int4Weight):
+    """True if the kernels reproduce `int4.dequantize` exactly for w: every scale 0 or normal and below 2^100.
+    Real scales are near 1e-2; the callers send other weights to the NumPy reference."""
+    smallest, largest = w.scale_magnitudes
+    return largest < SCALE_RANGE[1] and (smallest == 0 or smallest >= SCALE_RANGE[0])
+
+
+def _code_loops(word, j):  # int32 word, nibble j in 0..3 -> float32 signed code q = nibble - 8
+    """The nibble stays in place, bits 4j..4j+3; OR-ing in the exponent of 2^(23-4j) makes the float
+    2^(23-4j) + nibble, exactly, and q = (2^(23-4j) + nibble) - (2^(23-4j) + 8), exact too. One bit
+    operation (mask and OR fuse) and one subtraction. Nibbles 4..7 are nibbles 0..3 of word >> 16."""
+    bits = np.int32(np.int32(word & np.int32(15 << 4 * j)) | np.int32((150 - 4 * j) << 23))
+    return bits.view(np.float32) - np.float32(2.0 ** (23 - 4 * j) + 8)
 
 
 code_numba = jit(_code_loops)
+
+
+def _weight_loops(word, j, s, s65537):  # -> bf16(W) for nibble j (0..3) of word, as float32
+    return bf16_product_numba(code_numba(word, j), s, s65537)
+
+
+weight_numba = jit(_weight_loops)
 
 
 def _expand_scales_loops(scale, s_w):  # (I/G,) -> s_w: (W,) one scale per word
@@ -72,25 +93,31 @@ def _dequantize_row_loops(words, scale, s_w, w):  # (W,) int32, (I/G,) f32, s_w:
     """w[j*W + k] = bf16((nibble j of words[k] - 8) * scale[(8k + j) // G])."""
     W = words.shape[0]
     expand_scales_numba(scale, s_w)
-    for j in range(8):
-        shift = np.int32(4 * j)
-        for k in range(W):
-            w[j * W + k] = bf16_round_numba(code_numba(words[k], shift) * s_w[k])
+    for k in range(W):
+        low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
+        for j in range(4):
+            w[j * W + k] = weight_numba(low, j, s, s65537)
+            w[(j + 4) * W + k] = weight_numba(high, j, s, s65537)
 
 
 dequantize_row_numba = jit(_dequantize_row_loops)
 
 
 def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,) scratch, (I,) split -> float32
-    """sum_i bf16(W[o, i]) x[i] for one row, without storing the row (the T = 1 case of decoding)."""
+    """sum_i bf16(W[o, i]) x[i] for one row, without storing the row (the T = 1 case of decoding).
+    Each word is loaded once for its eight weights, each input once. Nibbles 0..3 and 4..7 go into two sums,
+    so that the multiply-adds of one do not wait for those of the other."""
     W = words.shape[0]
+    x = xs.reshape(8, W)                                            # x[j, k]: input 8k + j
     expand_scales_numba(scale, s_w)
-    acc = np.float32(0.0)
-    for j in range(8):
-        shift = np.int32(4 * j)
-        for k in range(W):
-            acc += bf16_round_numba(code_numba(words[k], shift) * s_w[k]) * xs[j * W + k]
-    return acc
+    acc_low = acc_high = np.float32(0.0)
+    for k in range(W):
+        low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
+        acc_low += (weight_numba(low, 0, s, s65537) * x[0, k] + weight_numba(low, 1, s, s65537) * x[1, k]
+                    + weight_numba(low, 2, s, s65537) * x[2, k] + weight_numba(low, 3, s, s65537) * x[3, k])
+        acc_high += (weight_numba(high, 0, s, s65537) * x[4, k] + weight_numba(high, 1, s, s65537) * x[5, k]
+                     + weight_numba(high, 2, s, s65537) * x[6, k] + weight_numba(high, 3, s, s65537) * x[7, k])
+    return acc_low + acc_high
 
 
 dequantize_dot_numba = jit(_dequantize_dot_loops)
@@ -194,6 +221,8 @@ def split_nibbles(x):  # (T, I) -> (T, I) float32 in split order
 def int4_matmul(w: Int4Weight, x):  # Int4Weight (O, I), (T, I) -> (T, O) float32
     """y = x W^T with W packed; the kernel twin of `dequantize(w) @ x.T` (transposed)."""
     check_layout(w)
+    if not in_scale_range(w):
+        return linear(x, w)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     launch(int4_matmul_numba, out.size * w.shape[1], np.ascontiguousarray(w.packed),
            np.ascontiguousarray(w.scale, np.float32), split_nibbles(x), out)
