@@ -51,10 +51,10 @@ def routed_experts(i, x, idx, g, W: Weights, backend):  # (T, D), (T, A), (T, A)
 def _run_experts(i, x, idx, g, chosen, W: Weights, backend):  # (T, D), (T, A), (T, A), (C,) -> (T, D)
     W.load_experts(i, chosen)                                                 # read what was chosen, at once
     if backend == "numba" and W.cfg.quant is not None:
-        from k25ref.kernels.int4_matvec import in_scale_range
+        from k25ref.kernels.int4_matvec import kernel_exact
         from k25ref.kernels.moe_experts import moe_experts, gather_experts
         experts = [W.expert(i, int(e)) for e in chosen]
-        if all(in_scale_range(w) for ws in experts for w in ws):              # else the reference, exactly
+        if all(kernel_exact(w) for ws in experts for w in ws):                # else the reference, exactly
             return moe_experts(x, np.searchsorted(chosen, idx), g, gather_experts(experts))
     return moe(x, idx, g, lambda e: W.expert(i, e), None)
 

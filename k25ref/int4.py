@@ -41,10 +41,10 @@ class Int4Weight:
         return self.packed.nbytes + self.scale.size * 2    # scales are 2 bytes each on disk
 
     @cached_property
-    def scale_magnitudes(self):  # -> (smallest nonzero |scale| or 0, largest |scale|), computed once
-        a = np.abs(self.scale)
-        nonzero = a[a > 0]
-        return float(nonzero.min()) if nonzero.size else 0.0, float(a.max()) if a.size else 0.0
+    def scale_summary(self):  # -> (largest |scale|, True if every scale is a bfloat16 value)
+        """Computed once (the INT4 kernel asks at every call): scales must not change after the first call."""
+        bits = np.ascontiguousarray(self.scale, np.float32).view(np.uint32)
+        return float(np.abs(self.scale).max(initial=0.0)), not np.any(bits & np.uint32(0xFFFF))
 
 
 def unpack(packed, n_in):  # (O, I/8) int32 -> (O, I) int8 in -8..7

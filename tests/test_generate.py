@@ -68,3 +68,25 @@ def test_generate_reproduces_oracle_greedy(case):
     got = list(model.generate(z["greedy.prompt"], len(want), stop_ids=()))
     assert z["greedy.margins"].min() > 1e-4                   # no near-tie for the last bits to flip
     assert len(got) == 32 and got == want
+
+
+def test_numba_backend_runs_experts_the_kernel_cannot_reproduce_through_the_reference(tiny_dir, monkeypatch):
+    """Scales that are float32 but not bfloat16 values (a checkpoint may store F32 scales) are outside the INT4
+    kernel's exact range: the routed experts run the NumPy reference instead (the kernel is never called),
+    and the logits match the NumPy backend."""
+    from k25ref.int4 import Int4Weight
+    from k25ref.kernels import moe_experts as kernel
+    from k25ref.weights import Weights
+    read = Weights.int4
+
+    def nudged(self, prefix):                                  # the same weights, no scale a bf16 value any more
+        w = read(self, prefix)
+        return Int4Weight(w.packed, w.scale * np.float32(1 + 2**-20), w.shape)
+
+    monkeypatch.setattr(Weights, "int4", nudged)
+    model = k25ref.load_model(tiny_dir)
+    ids = [5, 17, 3]
+    ref = model.forward(ids, model.new_cache())
+    monkeypatch.setattr(kernel, "moe_experts", lambda *a: pytest.fail("kernel called on scales it cannot reproduce"))
+    out = model.forward(ids, model.new_cache(), backend="numba")
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))

@@ -15,9 +15,9 @@ from k25ref.errors import ConfigError
 from k25ref.int4 import dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
 from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
-from k25ref.kernels.int4_matvec import (SCALE_RANGE, _bf16_product_loops, _int4_matmul_loops, bf16_product_numba,
-                                        dequantize_row_numba, in_scale_range, int4_matmul, int4_matmul_numba,
-                                        split_nibbles)
+from k25ref.kernels import int4_matvec
+from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_row_numba,
+                                        int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
@@ -44,13 +44,22 @@ def close(out, ref, label, rtol=1e-5):
 # INT4 matvec
 
 
-def _every_scale_and_code():  # -> q, s: (16 N,) float32, every code -8..7 with every bf16 scale in SCALE_RANGE
-    """Every scale when compiled; as Python (NUMBA_DISABLE_JIT=1), every 61st, to keep the run short."""
-    bits = np.arange(0x0080, 0x7F80, 1 if compiled() else 61, dtype=np.uint32) << np.uint32(16)   # positive normal bf16
+def _every_scale_and_code():  # -> q, s: (16 N,) float32, every code -8..7 with every bf16 scale below SCALE_MAX
+    """Every positive and negative bf16 scale (subnormals too) when compiled; as Python (NUMBA_DISABLE_JIT=1),
+    every 61st, to keep the run short."""
+    bits = np.arange(0x0001, 0x7F80, 1 if compiled() else 61, dtype=np.uint32) << np.uint32(16)
     s = bits.view(np.float32)
-    s = s[s < SCALE_RANGE[1]]
+    s = s[s < SCALE_MAX]
     s = np.concatenate([s, -s])
     return np.tile(np.arange(-8, 8, dtype=np.float32), s.size), np.repeat(s, 16)
+
+
+def _bf16_products_loops(q, s, s65537, out):
+    for i in range(q.shape[0]):
+        out[i] = bf16_product_numba(q[i], s[i], s65537[i])
+
+
+_bf16_products = jit(_bf16_products_loops)
 
 
 def test_bf16_product_rounds_like_dequantize_for_every_scale_and_code():
@@ -62,29 +71,23 @@ def test_bf16_product_rounds_like_dequantize_for_every_scale_and_code():
     _bf16_products(q, s, s * np.float32(65537.0), got)
     assert np.array_equal(got, want)
     assert np.array_equal(got[q != 0].view(np.uint32), want[q != 0].view(np.uint32))
-    ties = np.array([3, 5, 7, -3], np.float32), np.float32(0.0078125 * (1 + 2**-7))   # 9 significant bits: ties
-    picked = [_bf16_product_loops(np.float32(v), ties[1], ties[1] * np.float32(65537)) for v in ties[0]]
-    assert picked == list(bf16_to_f32(f32_to_bf16(ties[0] * ties[1])))                # also run as Python
 
 
-def _bf16_products_loops(q, s, s65537, out):
-    for i in range(q.shape[0]):
-        out[i] = bf16_product_numba(q[i], s[i], s65537[i])
-
-
-_bf16_products = jit(_bf16_products_loops)
-
-
-@pytest.mark.parametrize("scale, inside", [(1e-2, True), (0.0, True), (2.0**99, True), (2.0**100, False),
-                                           (2.0**-126, True), (2.0**-127, False)])
-def test_weights_outside_the_scale_range_go_to_the_reference(rng, scale, inside):
-    """Subnormal or huge scales: the split is not exact there, so int4_matmul computes the reference."""
+@pytest.mark.parametrize("scale, exact", [(1e-2, True), (0.0, True), (2.0**99, True), (2.0**-130, True),
+                                          (2.0**110, False), (0.1, False)])           # 0.1: a float32, not a bf16
+def test_weights_the_kernel_cannot_reproduce_go_to_the_reference(rng, scale, exact, monkeypatch):
+    """A scale that is not a bf16 value, or is above SCALE_MAX, would come out wrong from the split (2^110:
+    t overflows); int4_matmul then computes the reference without calling the kernel."""
     w = quantize(rng.standard_normal((8, 64), dtype=np.float32))
-    w.scale[1, 0] = scale
-    assert in_scale_range(w) == inside
+    w.scale[1, 0] = np.float32(scale) if scale != 1e-2 else bf16_to_f32(f32_to_bf16(np.float32(scale)))
+    assert kernel_exact(w) == exact
+    if not exact:
+        monkeypatch.setattr(int4_matvec, "int4_matmul_numba", lambda *a: pytest.fail("kernel called"))
     x = rng.standard_normal((2, 64), dtype=np.float32)
     ref = x.astype(np.float64) @ dequantize(w).astype(np.float64).T
-    close(int4_matmul(w, x), ref, f"int4 matmul, one scale {scale}")
+    out = int4_matmul(w, x)
+    assert out.dtype == np.float32
+    close(out, ref, f"int4 matmul, one scale {scale}")
 
 
 @pytest.mark.parametrize("G", [8, 32])
@@ -186,6 +189,13 @@ def test_moe_experts_matches_reference(rng, T, E, A, D, body, stack):
         out = np.empty((T, D), np.float32)
         _moe_experts_loops(u, rows, g, *experts, out)
     close(out, ref, f"moe T={T} E={E} A={A} D={D}")
+
+
+def test_gather_experts_refuses_scales_the_kernel_cannot_reproduce(rng):
+    ws = _experts(rng, 2, 64, 32)
+    ws[1][2].scale[0, 0] = np.float32(0.1)                                        # a float32, not a bf16 value
+    with pytest.raises(ConfigError, match="not all bfloat16"):
+        gather_experts(ws)
 
 
 # ----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ test oracle), as three tiers (docs/kernels.md):
 Policy, in one place:
 - fast-math without "nnan"/"ninf", so -inf masks and isinf/isnan stay meaningful (fastmath=True made
   np.isinf(-inf) return False); reassociation changes summation order, so kernels match their references
-  to rtol ~1e-5, not bit for bit.
+  to rtol ~1e-5, not bit for bit. `jit(..., exact=True)` compiles a helper without fast-math, for rounding
+  tricks that must run as written (the INT4 kernel's bf16 rounding).
 - NumPy's error model: x / 0 is inf or nan, as in the references, not a ZeroDivisionError (Python's
   model tests every divisor, which keeps a loop with a division from vectorizing);
 - compiled code is cached on disk (`__pycache__` beside this package, or NUMBA_CACHE_DIR), stamped with
@@ -110,7 +111,7 @@ def _fma_compiled():
             return builder.fma(*args)
         return numba.float32(numba.float32, numba.float32, numba.float32), codegen
 
-    return jit(lambda a, b, c: llvm_fma(a, b, c))
+    return jit(lambda a, b, c: llvm_fma(a, b, c), exact=True)
 
 
 fma = _fma_compiled() if compiled() else _fma_python

@@ -8,15 +8,16 @@ This kernel:          never materialises W: each task dequantizes one row at a t
 
 Same numbers as the reference: every weight is first rounded to bfloat16 exactly as `int4.dequantize`
 rounds it (bf16(q * scale), nearest, ties to even), then multiplied and accumulated in float32. The
-rounding is exact for scales in SCALE_RANGE (all real ones); `int4_matmul` sends other weights to the
-reference.
+rounding is exact for bf16 scales below SCALE_MAX (all real ones, `kernel_exact`); `int4_matmul` sends
+other weights to the reference.
 
-Nibble-split order. Word k of a row packs inputs 8k..8k+7, input 8k+j in nibble j. Unpacking nibble j of
-every word is one shift over a contiguous array, so the kernel keeps rows in *split order*:
+Nibble-split order. Word k of a row packs inputs 8k..8k+7, input 8k+j in nibble j. The loops run over
+words, sixteen per SIMD vector, and nibble j of sixteen consecutive words meets sixteen consecutive inputs
+only if rows and x are kept in *split order*:
 
     natural index i = 8k + j   <->   split index j*W + k          (W = I / 8 words per row)
 
-and permutes x the same way once per call (`split_nibbles`); a dot product does not care about order.
+x is permuted once per call (`split_nibbles`); a dot product does not care about order.
 
 Checked by tests/test_kernels.py::test_int4_matmul_matches_reference (also with NUMBA_DISABLE_JIT=1).
 """
@@ -32,9 +33,10 @@ ROWS_PER_TASK = 16            # output rows per parallel task (one row buffer pe
 def _bf16_product_loops(q, s, s65537):  # float32 code q, scale s, 65537 s -> bf16(q * s) as float32
     """The product p = q s is exact in float32 (4 x 8 significant bits); rounding it to bfloat16 keeps its
     leading 8 bits. Veltkamp's split does that in three float operations: t = (2^16 + 1) p, then
-    t - (t - p) is p rounded to 8 bits, to nearest. t is formed as q * (65537 s), the same number (65537 s
-    is exact, 8 + 17 bits), and t - p as one multiply-add. tests/test_kernels.py checks the result against
-    `int4.dequantize`'s rounding (ties to even) for every bf16 scale in SCALE_RANGE and every code.
+    t - (t - p) is p rounded to 8 bits, to nearest. t is formed as q * (65537 s), the same number (65537 s =
+    2^16 s + s, whose two parts do not overlap for an 8-bit s: 24 bits, exact), and t - p as one multiply-add.
+    tests/test_kernels.py checks the result against `int4.dequantize`'s rounding (ties to even) for every
+    bf16 scale below SCALE_MAX and every code.
     Compiled without fast-math, so the operations happen as written: contraction or reassociation could
     rewrite the split (t - (t - p) is p in real arithmetic)."""
     t = q * s65537
@@ -43,14 +45,14 @@ def _bf16_product_loops(q, s, s65537):  # float32 code q, scale s, 65537 s -> bf
 
 bf16_product_numba = jit(_bf16_product_loops, exact=True)
 
-SCALE_RANGE = (2.0 ** -126, 2.0 ** 100)   # |scale| (or 0) where the split is exact: normal, and t cannot overflow
+SCALE_MAX = 2.0 ** 100     # below it t = 65537 q s cannot overflow (it would from about 2^108)
 
 
-def in_scale_range(w: Int4Weight):
-    """True if the kernels reproduce `int4.dequantize` exactly for w: every scale 0 or normal and below 2^100.
-    Real scales are near 1e-2; the callers send other weights to the NumPy reference."""
-    smallest, largest = w.scale_magnitudes
-    return largest < SCALE_RANGE[1] and (smallest == 0 or smallest >= SCALE_RANGE[0])
+def kernel_exact(w: Int4Weight):
+    """True if the kernels reproduce `int4.dequantize` exactly for w: every scale a bfloat16 value (K2.5
+    stores them so) and below SCALE_MAX in magnitude. Callers send other weights to the NumPy reference."""
+    largest, bf16 = w.scale_summary
+    return bf16 and largest < SCALE_MAX
 
 
 def _code_loops(word, j):  # int32 word, nibble j in 0..3 -> float32 signed code q = nibble - 8
@@ -64,11 +66,11 @@ def _code_loops(word, j):  # int32 word, nibble j in 0..3 -> float32 signed code
 code_numba = jit(_code_loops)
 
 
-def _weight_loops(word, j, s, s65537):  # -> bf16(W) for nibble j (0..3) of word, as float32
+def _nibble_weight_loops(word, j, s, s65537):  # -> bf16(W) for nibble j (0..3) of word, as float32
     return bf16_product_numba(code_numba(word, j), s, s65537)
 
 
-weight_numba = jit(_weight_loops)
+nibble_weight_numba = jit(_nibble_weight_loops)
 
 
 def _expand_scales_loops(scale, s_w):  # (I/G,) -> s_w: (W,) one scale per word
@@ -96,8 +98,8 @@ def _dequantize_row_loops(words, scale, s_w, w):  # (W,) int32, (I/G,) f32, s_w:
     for k in range(W):
         low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
         for j in range(4):
-            w[j * W + k] = weight_numba(low, j, s, s65537)
-            w[(j + 4) * W + k] = weight_numba(high, j, s, s65537)
+            w[j * W + k] = nibble_weight_numba(low, j, s, s65537)
+            w[(j + 4) * W + k] = nibble_weight_numba(high, j, s, s65537)
 
 
 dequantize_row_numba = jit(_dequantize_row_loops)
@@ -113,10 +115,9 @@ def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,
     acc_low = acc_high = np.float32(0.0)
     for k in range(W):
         low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
-        acc_low += (weight_numba(low, 0, s, s65537) * x[0, k] + weight_numba(low, 1, s, s65537) * x[1, k]
-                    + weight_numba(low, 2, s, s65537) * x[2, k] + weight_numba(low, 3, s, s65537) * x[3, k])
-        acc_high += (weight_numba(high, 0, s, s65537) * x[4, k] + weight_numba(high, 1, s, s65537) * x[5, k]
-                     + weight_numba(high, 2, s, s65537) * x[6, k] + weight_numba(high, 3, s, s65537) * x[7, k])
+        for j in range(4):
+            acc_low += nibble_weight_numba(low, j, s, s65537) * x[j, k]
+            acc_high += nibble_weight_numba(high, j, s, s65537) * x[j + 4, k]
     return acc_low + acc_high
 
 
@@ -221,8 +222,8 @@ def split_nibbles(x):  # (T, I) -> (T, I) float32 in split order
 def int4_matmul(w: Int4Weight, x):  # Int4Weight (O, I), (T, I) -> (T, O) float32
     """y = x W^T with W packed; the kernel twin of `dequantize(w) @ x.T` (transposed)."""
     check_layout(w)
-    if not in_scale_range(w):
-        return linear(x, w)
+    if not kernel_exact(w):
+        return linear(np.asarray(x, np.float32), w)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     launch(int4_matmul_numba, out.size * w.shape[1], np.ascontiguousarray(w.packed),
            np.ascontiguousarray(w.scale, np.float32), split_nibbles(x), out)
