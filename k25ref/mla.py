@@ -98,15 +98,21 @@ def causal_mask(T, S):  # -> (T, S) float32: 0 where visible, -inf in the future
     return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
+def by_head(a):  # (N, H, d) -> (H, N, d), a view
+    """Heads first, so that `@` runs one BLAS product per head: with einsum's own loops, attention over a
+    128-token prompt took 3.5x as long."""
+    return a.transpose(1, 0, 2)
+
+
 def attend_naive(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig, scale):  # -> (T, H*Dv)
     """Expand keys and values of all S positions from the latent, then ordinary attention."""
     T, S, H, Dn, Dv = q_nope.shape[0], c_kv.shape[0], cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
     kv = (c_kv @ w.kv_b_proj.T).reshape(S, H, Dn + Dv)                         # (S, H, Dn+Dv)
     k_nope, v = kv[..., :Dn], kv[..., Dn:]                                     # (S, H, Dn), (S, H, Dv)
-    scores = (np.einsum("thd,shd->hts", q_nope, k_nope) +
-              np.einsum("thr,sr->hts", q_rope, k_rope)) * np.float32(scale)   # (H, T, S)
+    scores = (by_head(q_nope) @ by_head(k_nope).transpose(0, 2, 1) +           # thd,shd->hts
+              by_head(q_rope) @ k_rope.T) * np.float32(scale)                  # thr,sr->hts   (H, T, S)
     p = softmax(scores + causal_mask(T, S))                                    # (H, T, S)
-    return np.einsum("hts,shv->thv", p, v).reshape(T, H * Dv)                  # (T, H*Dv)
+    return by_head(p @ by_head(v)).reshape(T, H * Dv)                          # hts,shv->thv  (T, H*Dv)
 
 
 def attend_absorbed(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig, scale):  # -> (T, H*Dv)
