@@ -10,27 +10,40 @@ A code u in 0..15 stores the signed value q = u - 8 in -8..7, and
 
     W[o, i] = q[o, i] * scale[o, i // G]                                     [CT lifecycle/forward.py]
 
-compressed-tensors (and so transformers) multiplies in the scale's dtype, bf16, so the reference
-weights are bf16(q * scale): the product is exact in float32 and then rounded to bfloat16 (nearest,
-ties to even). `dequantize` does exactly that. Nibble order is a classic trap; tests pin it with a
+compressed-tensors (and so transformers) multiplies in the scale's dtype, `q.to(scale.dtype) * scale`.
+K2.5 stores bf16 scales, so the reference weights are bf16(q * scale): the product is exact in float32 and
+then rounded to bfloat16 (nearest, ties to even). With F16 scales the product is rounded to float16, with
+F32 ones it is the float32 product. `dequantize` does exactly that. Nibble order is a classic trap; tests pin it with a
 round trip and a hand-packed word.
 """
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 
 SHIFTS = np.arange(0, 32, 4, dtype=np.int32)   # bit offset of nibble i
+SCALE_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
 
 
 @dataclass(frozen=True)
 class Int4Weight:
-    """One INT4 matrix as stored: packed codes, bf16 scales widened to float32, logical shape [O, I]."""
+    """One INT4 matrix as stored: packed codes, scales widened to float32, logical shape [O, I], and the
+    stored scales' dtype, which sets the rounding of q * scale. Checked on construction: BF16 scales must be
+    bf16 values. `scale_max` (largest |scale|, for the kernels' range check) is derived then, once."""
     packed: np.ndarray    # (O, I/8)  int32
-    scale: np.ndarray     # (O, I/G)  float32 (exactly the stored bf16 values)
+    scale: np.ndarray     # (O, I/G)  float32 (exactly the stored values)
     shape: tuple          # (O, I)
+    scale_dtype: str = "BF16"                                         # "BF16" (K2.5), "F16" or "F32"
+    scale_max: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.scale_dtype not in SCALE_BYTES:
+            raise ValueError(f"INT4 scale dtype {self.scale_dtype!r}: expected one of {sorted(SCALE_BYTES)}")
+        bits = np.ascontiguousarray(self.scale, np.float32).view(np.uint32)
+        if self.scale_dtype == "BF16" and np.any(bits & np.uint32(0xFFFF)):
+            raise ValueError("INT4 scales declared BF16 are not all bfloat16 values")
+        object.__setattr__(self, "scale_max", float(np.abs(self.scale).max(initial=0.0)))
 
     @property
     def group_size(self):
@@ -38,13 +51,7 @@ class Int4Weight:
 
     @property
     def nbytes(self):
-        return self.packed.nbytes + self.scale.size * 2    # scales are 2 bytes each on disk
-
-    @cached_property
-    def scale_summary(self):  # -> (largest |scale|, True if every scale is a bfloat16 value)
-        """Computed once (the INT4 kernel asks at every call): scales must not change after the first call."""
-        bits = np.ascontiguousarray(self.scale, np.float32).view(np.uint32)
-        return float(np.abs(self.scale).max(initial=0.0)), not np.any(bits & np.uint32(0xFFFF))
+        return self.packed.nbytes + self.scale.size * SCALE_BYTES[self.scale_dtype]    # as stored on disk
 
 
 def unpack(packed, n_in):  # (O, I/8) int32 -> (O, I) int8 in -8..7
@@ -66,11 +73,16 @@ def pack(q):  # (O, I) ints in -8..7 -> (O, ceil(I/8)) int32
 
 
 def dequantize(w: Int4Weight):  # -> (O, I) float32
-    """W = bf16(q * scale): expand each group scale over its G inputs; rounding as compressed-tensors does."""
+    """W = q * scale in the scale's dtype (bf16 for K2.5): expand each group scale over its G inputs, multiply
+    in float32, round to the scale's dtype, as compressed-tensors does."""
     O, I = w.shape
     q = unpack(w.packed, I).astype(np.float32).reshape(O, I // w.group_size, w.group_size)   # (O, I/G, G)
-    exact = (q * w.scale[:, :, None]).reshape(O, I)                 # exact in float32 (4 x 8 significant bits)
-    return bf16_to_f32(f32_to_bf16(exact))
+    product = (q * w.scale[:, :, None]).reshape(O, I)   # exact for bf16/f16 scales (4 x 8 or 4 x 11 bits)
+    if w.scale_dtype == "BF16":
+        return bf16_to_f32(f32_to_bf16(product))
+    if w.scale_dtype == "F16":
+        return product.astype(np.float16).astype(np.float32)
+    return product                                      # F32: the float32 product is the weight
 
 
 def quantize(W, group_size=32):  # (O, I) float32 -> Int4Weight

@@ -107,8 +107,9 @@ def preset(name):
 # random weights in stored form
 
 
-def _stored_tensors(cfg, rng):
-    """Yield (name, safetensors dtype, stored ndarray) for every expected tensor, INT4 triplets included."""
+def _stored_tensors(cfg, rng, scale_dtype="BF16"):
+    """Yield (name, safetensors dtype, stored ndarray) for every expected tensor, INT4 triplets included, their
+    scales stored as `scale_dtype` (K2.5: BF16; F16 and F32 test that dequantization follows the dtype)."""
     expected = expected_tensors(cfg)
     for name, (dtypes, shape) in expected.items():
         if name.endswith(("weight_scale", "weight_shape")):
@@ -118,12 +119,21 @@ def _stored_tensors(cfg, rng):
             O, I = shape[0], expected[f"{prefix}weight_scale"][1][1] * cfg.quant.group_size
             w = quantize(rng.standard_normal((O, I), dtype=np.float32) / np.float32(np.sqrt(I)), cfg.quant.group_size)
             yield name, "I32", w.packed
-            yield f"{prefix}weight_scale", "BF16", f32_to_bf16(w.scale)
+            yield f"{prefix}weight_scale", scale_dtype, stored_scales(w.scale, scale_dtype, rng)
             yield f"{prefix}weight_shape", "I32", np.array([O, I], np.int32)
         elif "F32" in dtypes and len(dtypes) == 1:       # e_score_correction_bias: float32 in the release
             yield name, "F32", (0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
             yield name, "BF16", f32_to_bf16(_random_float(name, shape, rng))
+
+
+def stored_scales(scale, dtype, rng):  # (O, I/G) bf16-valued float32 -> stored array in `dtype`
+    """BF16 as quantized; F16 and F32 nudged off the bf16 grid by up to 1/256, so that their products round
+    differently from bf16 ones."""
+    if dtype == "BF16":
+        return f32_to_bf16(scale)
+    nudged = scale * (1 + rng.uniform(0, 1 / 256, scale.shape)).astype(np.float32)
+    return nudged.astype(np.float16 if dtype == "F16" else np.float32)
 
 
 def init_scale(name, shape):  # -> (std, mean) of a random floating weight
@@ -187,14 +197,15 @@ def shard_of(name, cfg, shards):
     return body + min(order.index(part), tail - 1) if tail else 0
 
 
-def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True):
-    """Write a random checkpoint of `preset_name` (or of the hub dict `config`) into folder `out`."""
+def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True, scale_dtype="BF16"):
+    """Write a random checkpoint of `preset_name` (or of the hub dict `config`) into folder `out`; INT4 scales
+    stored as `scale_dtype`."""
     hub = config if config is not None else preset(preset_name)
     cfg = from_hf(hub)
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     groups = [[] for _ in range(shards)]
-    for name, dtype, arr in _stored_tensors(cfg, rng):
+    for name, dtype, arr in _stored_tensors(cfg, rng, scale_dtype):
         groups[shard_of(name, cfg, shards)].append((name, dtype, arr))
     weight_map, total = {}, 0
     for k, group in enumerate(groups):

@@ -336,6 +336,5 @@ class Weights:
         scale = to_float32(self.reader.read(scale_name), self.ckpt.info(scale_name).dtype)
         if not np.all(np.isfinite(scale)):
             fail(self.ckpt.file_of(scale_name), "int4_scale", "scales contain NaN or Inf", scale_name)
-        w = Int4Weight(self.reader.read(f"{prefix}weight_packed"), scale, (O, I))
-        w.scale_summary                   # computed here, by whichever thread reads the expert, not when decoding
-        return w
+        return Int4Weight(self.reader.read(f"{prefix}weight_packed"), scale, (O, I),
+                          self.ckpt.info(scale_name).dtype)                    # q * scale is rounded to it

@@ -70,21 +70,13 @@ def test_generate_reproduces_oracle_greedy(case):
     assert len(got) == 32 and got == want
 
 
-def test_numba_backend_runs_experts_the_kernel_cannot_reproduce_through_the_reference(tiny_dir, monkeypatch):
-    """Scales that are float32 but not bfloat16 values (a checkpoint may store F32 scales) are outside the INT4
-    kernel's exact range: the routed experts run the NumPy reference instead (the kernel is never called),
-    and the logits match the NumPy backend."""
-    from k25ref.int4 import Int4Weight
+def test_numba_backend_runs_experts_the_kernel_cannot_reproduce_through_the_reference(tmp_path, monkeypatch):
+    """A checkpoint with F32 INT4 scales: the kernel would round each weight to bf16, compressed-tensors does
+    not. With the numba backend the routed experts run the NumPy reference (the kernel is never called), and
+    the logits match the NumPy backend's (tests/test_oracle_live.py checks those against transformers)."""
     from k25ref.kernels import moe_experts as kernel
-    from k25ref.weights import Weights
-    read = Weights.int4
-
-    def nudged(self, prefix):                                  # the same weights, no scale a bf16 value any more
-        w = read(self, prefix)
-        return Int4Weight(w.packed, w.scale * np.float32(1 + 2**-20), w.shape)
-
-    monkeypatch.setattr(Weights, "int4", nudged)
-    model = k25ref.load_model(tiny_dir)
+    from k25ref.make_tiny import make_tiny
+    model = k25ref.load_model(make_tiny(str(tmp_path), "tiny", seed=1, scale_dtype="F32"))
     ids = [5, 17, 3]
     ref = model.forward(ids, model.new_cache())
     monkeypatch.setattr(kernel, "moe_experts", lambda *a: pytest.fail("kernel called on scales it cannot reproduce"))

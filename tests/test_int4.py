@@ -57,3 +57,24 @@ def test_int4_weight_group_size(rng):
     w = quantize(rng.standard_normal((2, 64)).astype(np.float32), group_size=32)
     assert isinstance(w, Int4Weight) and w.group_size == 32 and w.packed.shape == (2, 8)
 
+
+def test_dequantize_rounds_in_the_scales_dtype(rng):
+    """compressed-tensors computes q.to(scale.dtype) * scale: bf16 (K2.5), float16, or the float32 product."""
+    q = rng.integers(-8, 8, size=(4, 64))
+    scale = (rng.random((4, 2)) * 0.02 + 0.001).astype(np.float32)
+    product = (q.astype(np.float32).reshape(4, 2, 32) * scale[:, :, None]).reshape(4, 64)
+    f32 = dequantize(Int4Weight(pack(q), scale, (4, 64), "F32"))
+    assert np.array_equal(f32, product)
+    s16 = scale.astype(np.float16).astype(np.float32)
+    f16 = dequantize(Int4Weight(pack(q), s16, (4, 64), "F16"))
+    p16 = (q.astype(np.float32).reshape(4, 2, 32) * s16[:, :, None]).reshape(4, 64)
+    assert np.array_equal(f16, p16.astype(np.float16).astype(np.float32)) and not np.array_equal(f16, p16)
+
+
+def test_int4_weight_checks_its_scales(rng):
+    q = pack(rng.integers(-8, 8, size=(2, 32)))
+    with pytest.raises(ValueError, match="not all bfloat16"):
+        Int4Weight(q, np.full((2, 1), 0.1, np.float32), (2, 32))                   # 0.1 is not a bf16 value
+    with pytest.raises(ValueError, match="F64"):
+        Int4Weight(q, np.ones((2, 1), np.float32), (2, 32), "F64")
+    assert Int4Weight(q, np.array([[2.0], [-3.0]], np.float32), (2, 32)).scale_max == 3.0

@@ -12,7 +12,7 @@ import pytest
 from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.config import from_hf
 from k25ref.errors import ConfigError
-from k25ref.int4 import dequantize, quantize
+from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
 from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
 from k25ref.kernels import int4_matvec
@@ -73,21 +73,24 @@ def test_bf16_product_rounds_like_dequantize_for_every_scale_and_code():
     assert np.array_equal(got[q != 0].view(np.uint32), want[q != 0].view(np.uint32))
 
 
-@pytest.mark.parametrize("scale, exact", [(1e-2, True), (0.0, True), (2.0**99, True), (2.0**-130, True),
-                                          (2.0**110, False), (0.1, False)])           # 0.1: a float32, not a bf16
-def test_weights_the_kernel_cannot_reproduce_go_to_the_reference(rng, scale, exact, monkeypatch):
-    """A scale that is not a bf16 value, or is above SCALE_MAX, would come out wrong from the split (2^110:
-    t overflows); int4_matmul then computes the reference without calling the kernel."""
-    w = quantize(rng.standard_normal((8, 64), dtype=np.float32))
-    w.scale[1, 0] = np.float32(scale) if scale != 1e-2 else bf16_to_f32(f32_to_bf16(np.float32(scale)))
+@pytest.mark.parametrize("dtype, scale, exact", [("BF16", 0.0078125, True), ("BF16", 0.0, True),
+                                                 ("BF16", 2.0**99, True), ("BF16", 2.0**-130, True),
+                                                 ("BF16", 2.0**110, False), ("F16", 0.01, False), ("F32", 0.01, False)])
+def test_kernel_exact_picks_kernel_or_reference(rng, dtype, scale, exact, monkeypatch):
+    """int4_matmul runs the kernel for bf16 scales below SCALE_MAX (every scale of the matrix set to `scale`,
+    subnormal included), and the reference, without calling the kernel, for F16/F32 scales (rounded in their
+    own dtype) and above SCALE_MAX (the split's t overflows at 2^110). Either way: the reference's numbers."""
+    codes = quantize(rng.standard_normal((8, 64), dtype=np.float32)).packed
+    w = Int4Weight(codes, np.full((8, 2), scale, np.float32), (8, 64), dtype)
     assert kernel_exact(w) == exact
-    if not exact:
-        monkeypatch.setattr(int4_matvec, "int4_matmul_numba", lambda *a: pytest.fail("kernel called"))
+    calls = []
+    kernel = int4_matvec.int4_matmul_numba
+    monkeypatch.setattr(int4_matvec, "int4_matmul_numba", lambda *a: calls.append(1) or kernel(*a))
     x = rng.standard_normal((2, 64), dtype=np.float32)
     ref = x.astype(np.float64) @ dequantize(w).astype(np.float64).T
     out = int4_matmul(w, x)
-    assert out.dtype == np.float32
-    close(out, ref, f"int4 matmul, one scale {scale}")
+    assert out.dtype == np.float32 and bool(calls) == exact
+    close(out, ref, f"int4 matmul, {dtype} scales {scale}")
 
 
 @pytest.mark.parametrize("G", [8, 32])
@@ -108,6 +111,7 @@ def test_int4_matmul_matches_reference(rng, O, I, T, G, body):
     x = rng.standard_normal((T, I), dtype=np.float32)
     ref = x.astype(np.float64) @ dequantize(w).astype(np.float64).T               # (T, O)
     if body == "kernel":
+        assert kernel_exact(w)                                                    # int4_matmul runs the kernel
         out = int4_matmul(w, x)
     else:
         out = np.empty((T, O), np.float32)
@@ -192,9 +196,11 @@ def test_moe_experts_matches_reference(rng, T, E, A, D, body, stack):
 
 
 def test_gather_experts_refuses_scales_the_kernel_cannot_reproduce(rng):
+    """An expert with F32 scales would get bf16 rounding from the kernel: a clear error, not wrong numbers."""
     ws = _experts(rng, 2, 64, 32)
-    ws[1][2].scale[0, 0] = np.float32(0.1)                                        # a float32, not a bf16 value
-    with pytest.raises(ConfigError, match="not all bfloat16"):
+    down = ws[1][2]
+    ws[1] = ws[1][:2] + (Int4Weight(down.packed, down.scale, down.shape, "F32"),)
+    with pytest.raises(ConfigError, match="only for BF16 scales"):
         gather_experts(ws)
 
 

@@ -19,9 +19,9 @@ Three things stand between the released files and a working float32 oracle; each
    `vision_tower` and `mm_projector` (which the release stores unquantized); the text decoder sees the
    release's list unchanged.
 3. Expert dtype. compressed-tensors dequantizes in the scale's dtype, so the fused expert tensors arrive as
-   bfloat16 even with `dtype=torch.float32`, and the float32 forward then fails on mixed dtypes. They are
-   widened to float32 after loading (exact: every bf16 value is a float32 value). The values are exactly
-   compressed-tensors' bf16(q * scale).
+   bfloat16 (K2.5's bf16 scales; float16 for F16 scales) even with `dtype=torch.float32`, and the float32
+   forward then fails on mixed dtypes. They are widened to float32 after loading (exact: every bf16 and
+   float16 value is a float32 value). The values are exactly compressed-tensors' q * scale in that dtype.
 
 Loading is strict: any unexpected, mismatched or missing key (other than the stub tower's) raises.
 
@@ -112,8 +112,8 @@ def load_oracle(path):
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_loading(info, hub.get("vision_config") is not None, path)
-    for name, p in model.named_parameters():               # fused INT4 experts arrive as bf16 (module doc, 3.)
-        if p.dtype == torch.bfloat16 and ".mlp.experts." in name:
+    for name, p in model.named_parameters():               # fused INT4 experts arrive in the scales' dtype (3.)
+        if p.dtype in (torch.bfloat16, torch.float16) and ".mlp.experts." in name:
             p.data = p.data.to(torch.float32)
     wrong = [(n, t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]
              if t.is_floating_point() and t.dtype != torch.float32]

@@ -45,14 +45,13 @@ def _bf16_product_loops(q, s, s65537):  # float32 code q, scale s, 65537 s -> bf
 
 bf16_product_numba = jit(_bf16_product_loops, exact=True)
 
-SCALE_MAX = 2.0 ** 100     # below it t = 65537 q s cannot overflow (it would from about 2^108)
+SCALE_MAX = 2.0 ** 100     # below it t = 65537 q s cannot overflow (it would from about 2^109)
 
 
 def kernel_exact(w: Int4Weight):
-    """True if the kernels reproduce `int4.dequantize` exactly for w: every scale a bfloat16 value (K2.5
-    stores them so) and below SCALE_MAX in magnitude. Callers send other weights to the NumPy reference."""
-    largest, bf16 = w.scale_summary
-    return bf16 and largest < SCALE_MAX
+    """True if the kernels reproduce `int4.dequantize` exactly for w: bf16 scales (K2.5's) below SCALE_MAX in
+    magnitude. Callers send other weights (F16/F32 scales, huge ones) to the NumPy reference."""
+    return w.scale_dtype == "BF16" and w.scale_max < SCALE_MAX
 
 
 def _code_loops(word, j):  # int32 word, nibble j in 0..3 -> float32 signed code q = nibble - 8

@@ -29,8 +29,8 @@ from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight
 from k25ref.kernels import array_list, jit, launch, prange
 from k25ref.kernels.expf import EXP_MAX, exp_numba
-from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, dequantize_dot_numba, dequantize_row_numba, kernel_exact,
-                                        split_nibbles_numba, tile44_numba)
+from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, SCALE_MAX, dequantize_dot_numba, dequantize_row_numba,
+                                        kernel_exact, split_nibbles_numba, tile44_numba)
 
 
 DOWN_ROWS = 64     # output rows per down-step task: every chosen expert's hidden rows are read once per task
@@ -170,8 +170,9 @@ def check(w: Int4Weight, packed_shape, n_groups):
         raise ConfigError(f"INT4 expert of shape {w.shape} (group {w.group_size}) does not match the other chosen "
                           f"experts' layout {packed_shape}, {n_groups} groups")
     if not kernel_exact(w):
-        raise ConfigError("INT4 expert scales are not all bfloat16 values below 2^100: the kernel would not "
-                          "reproduce int4.dequantize; run these experts through the NumPy reference (moe.moe)")
+        raise ConfigError(f"INT4 expert scales are {w.scale_dtype}, largest {w.scale_max:g}: the kernel reproduces "
+                          f"int4.dequantize only for BF16 scales below {SCALE_MAX:g}; run these experts through "
+                          "the NumPy reference (moe.moe)")
 
 
 def moe_experts(u, idx, g, experts):  # (T, D), (T, A), (T, A) -> (T, D) float32
