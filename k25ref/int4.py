@@ -13,8 +13,8 @@ A code u in 0..15 stores the signed value q = u - 8 in -8..7, and
 compressed-tensors (and so transformers) multiplies in the scale's dtype, `q.to(scale.dtype) * scale`.
 K2.5 stores bf16 scales, so the reference weights are bf16(q * scale): the product is exact in float32 and
 then rounded to bfloat16 (nearest, ties to even). With F16 scales the product is rounded to float16, with
-F32 ones it is the float32 product. `dequantize` does exactly that. Nibble order is a classic trap; tests pin it with a
-round trip and a hand-packed word.
+F32 ones it is the float32 product. `dequantize` does exactly that. Nibble order is a classic trap; tests pin
+it with a round trip and a hand-packed word.
 """
 from dataclasses import dataclass, field
 
@@ -40,8 +40,8 @@ class Int4Weight:
     def __post_init__(self):
         if self.scale_dtype not in SCALE_BYTES:
             raise ValueError(f"INT4 scale dtype {self.scale_dtype!r}: expected one of {sorted(SCALE_BYTES)}")
-        bits = np.ascontiguousarray(self.scale, np.float32).view(np.uint32)
-        if self.scale_dtype == "BF16" and np.any(bits & np.uint32(0xFFFF)):
+        if self.scale_dtype == "BF16" and np.any(np.ascontiguousarray(self.scale, np.float32).view(np.uint32)
+                                                 & np.uint32(0xFFFF)):
             raise ValueError("INT4 scales declared BF16 are not all bfloat16 values")
         object.__setattr__(self, "scale_max", float(np.abs(self.scale).max(initial=0.0)))
 

@@ -25,12 +25,13 @@ Same as: transformers `Kimi_K25VisionModel` (+ `vision_utils`), the hub `MoonViT
 `kimi_k25_vit.py`. Differences of the transformers oracle are listed in docs/moonvit.md.
 """
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from k25ref.config import KimiK25Config, VisionConfig
 from k25ref.errors import ConfigError, MediaError
-from k25ref.nn import gelu_tanh, layer_norm, softmax
+from k25ref.nn import gelu_erf, gelu_tanh, layer_norm, softmax
 from k25ref.rope import apply_rope_interleaved
 
 TOWER = "vision_tower."
@@ -236,12 +237,20 @@ def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) 
     return out
 
 
-def elementwise(backend):  # -> (layer_norm, gelu_tanh of h + bias, apply_rope_interleaved)
-    """A block's passes between products: NumPy's, or the one-pass kernels of kernels/vision_block.py."""
+class Elementwise(NamedTuple):
+    """The passes between the products of the tower and the projector."""
+    layer_norm: Callable           # (x, weight, bias, eps)
+    bias_gelu_tanh: Callable       # (h, bias) -> gelu_tanh(h + bias), the block MLP's activation
+    gelu_erf: Callable             # (x,) the projector's exact GELU
+    rope: Callable                 # (x, cos, sin) -> apply_rope_interleaved
+
+
+def elementwise(backend):  # -> Elementwise
+    """NumPy's passes, or the one-pass kernels of kernels/vision_block.py: the one place that picks."""
     if backend == "numba":
         from k25ref.kernels import vision_block as kb
-        return kb.layer_norm, kb.bias_gelu_tanh, kb.apply_rope_interleaved
-    return layer_norm, lambda h, bias: gelu_tanh(h + bias), apply_rope_interleaved
+        return Elementwise(kb.layer_norm, kb.bias_gelu_tanh, kb.gelu_erf, kb.apply_rope_interleaved)
+    return Elementwise(layer_norm, lambda h, bias: gelu_tanh(h + bias), gelu_erf, apply_rope_interleaved)
 
 
 def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
@@ -251,7 +260,7 @@ def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
         o_h = softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(Dh)) v_h   within each segment        [ViT; RoFormer eq. 34]
     """
     N, H, Dh = x.shape[0], v.num_attention_heads, v.head_dim
-    rope = elementwise(backend)[2]
+    rope = elementwise(backend).rope
     qkv = x @ blk.wqkv_weight.T + blk.wqkv_bias                                     # (N, 3*Dvis)
     q, k, val = qkv.reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)                       # (H, N, Dh) each
     q, k = rope(q, cos, sin), rope(k, cos, sin)                                     # same pair order for both
@@ -263,9 +272,10 @@ def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
                  backend="numpy"):  # (N, Dvis) -> (N, Dvis)
     """Pre-LN transformer block [ViT eqs. 2-3]: x += Attn(LN0 x); x += fc1 gelu_tanh(fc0 LN1 x)."""
     eps = v.layer_norm_eps
-    norm, bias_gelu, _ = elementwise(backend)
-    x = x + attention(norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
-    h = bias_gelu(norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T, blk.fc0_bias)  # (N, Fvis)
+    ops = elementwise(backend)
+    x = x + attention(ops.layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
+    h = ops.bias_gelu_tanh(ops.layer_norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T,
+                           blk.fc0_bias)                                            # (N, Fvis)
     return x + h @ blk.fc1_weight.T + blk.fc1_bias                                 # (N, Dvis)
 
 

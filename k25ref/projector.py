@@ -16,8 +16,7 @@ Same as: transformers `get_vision_temporal_merge_index` + `Kimi_K25MultimodalPro
 import numpy as np
 
 from k25ref.config import KimiK25Config
-from k25ref.moonvit import vision_config, vision_tower
-from k25ref.nn import gelu_erf, layer_norm
+from k25ref.moonvit import elementwise, vision_config, vision_tower
 
 PROJECTOR = "mm_projector."
 
@@ -43,13 +42,11 @@ def project(W, cfg: KimiK25Config, merged, backend="numpy"):  # (M, 4, Dvis) -> 
     v = vision_config(cfg)
     M, K, Dvis = merged.shape
     assert (K, Dvis) == (4, v.hidden_size)
-    norm, gelu = layer_norm, gelu_erf
-    if backend == "numba":                                                          # the one-pass kernels
-        from k25ref.kernels.vision_block import gelu_erf as gelu, layer_norm as norm
-    z = norm(merged, W.f32(f"{PROJECTOR}pre_norm.weight"), W.f32(f"{PROJECTOR}pre_norm.bias"),
-             v.projector_ln_eps)                                                    # (M, 4, Dvis)
+    ops = elementwise(backend)                                                      # NumPy or one-pass kernels
+    z = ops.layer_norm(merged, W.f32(f"{PROJECTOR}pre_norm.weight"), W.f32(f"{PROJECTOR}pre_norm.bias"),
+                       v.projector_ln_eps)                                          # (M, 4, Dvis)
     z = z.reshape(M, K * Dvis)                                                      # (M, 4*Dvis)  k*Dvis + c
-    h = gelu(z @ W.f32(f"{PROJECTOR}proj.0.weight").T + W.f32(f"{PROJECTOR}proj.0.bias"))  # (M, 4*Dvis)
+    h = ops.gelu_erf(z @ W.f32(f"{PROJECTOR}proj.0.weight").T + W.f32(f"{PROJECTOR}proj.0.bias"))  # (M, 4*Dvis)
     return h @ W.f32(f"{PROJECTOR}proj.2.weight").T + W.f32(f"{PROJECTOR}proj.2.bias")        # (M, D)
 
 

@@ -333,8 +333,8 @@ class Weights:
         if stored != (O, I):
             fail(self.ckpt.file_of(shape_name), "int4_shape", f"weight_shape {list(stored)} but config needs {[O, I]}",
                  shape_name)
-        scale = to_float32(self.reader.read(scale_name), self.ckpt.info(scale_name).dtype)
+        dtype = self.ckpt.info(scale_name).dtype                              # q * scale is rounded to it
+        scale = to_float32(self.reader.read(scale_name), dtype)
         if not np.all(np.isfinite(scale)):
             fail(self.ckpt.file_of(scale_name), "int4_scale", "scales contain NaN or Inf", scale_name)
-        return Int4Weight(self.reader.read(f"{prefix}weight_packed"), scale, (O, I),
-                          self.ckpt.info(scale_name).dtype)                    # q * scale is rounded to it
+        return Int4Weight(self.reader.read(f"{prefix}weight_packed"), scale, (O, I), dtype)

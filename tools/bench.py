@@ -114,8 +114,7 @@ def vision_inputs():
 
 def vision_worker(engine, path, threads, n=4, warmups=2):
     """Seconds to encode each vision input (tower + projector), best of n after `warmups` runs: the first runs
-    of a process can be slower, for every engine (a 448x448 image through k25ref-numba on two threads: up
-    to 0.29 s in the first runs, then 0.22 s)."""
+    of a process can be slower, for every engine."""
     if engine.startswith("oracle"):
         import torch
         from oracle_vision import load_oracle

@@ -16,6 +16,7 @@ import numpy as np
 from k25ref.kernels import jit
 from k25ref.kernels.expf import exp_numba
 
+
 def _softmax_rows_loops(x, scale, top):  # (R, n), scale, top: (R,) = max(scale * x[i]) -> x[i] <- softmax, in place
     for i in range(x.shape[0]):
         row = x[i]
