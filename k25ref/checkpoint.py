@@ -14,19 +14,20 @@ import math
 import mmap
 import os
 import re
-import stat
 import struct
 
 import numpy as np
 from tqdm import tqdm
 
 from k25ref.errors import CheckpointError
+from k25ref.files import FileProblem, open_regular
 
 MAX_HEADER_BYTES = 100_000_000          # the reference implementation's cap
 MAX_INDEX_BYTES = 100_000_000           # the same cap for model.safetensors.index.json (K2.5's is ~10 MB)
 MAX_DIM = 2**48 - 1                     # the format's JSON schema bound on a shape entry
 MAX_RANK = 64                           # NumPy's limit on dimensions
 MAX_ARRAY_BYTES = 2**63 - 1             # NumPy's limit on an array's size, even an empty one's
+MAX_FILE_BYTES = None                   # a shard's size is bounded by its validated header, not by a cap
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -134,15 +135,11 @@ def _check_coverage(path, infos, buffer_bytes):
 
 def _open_regular(path, what):
     """Open a regular file (after following symlinks) for reading -> (file, size). A directory, FIFO or
-    device is refused before it is opened, so reading can neither block nor run forever."""
+    device is refused before it is opened, so reading can neither block nor run forever (files.open_regular)."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            fail(path, "not_a_file", f"{what} is not a regular file")
-        f = open(path, "rb")
-        return f, os.fstat(f.fileno()).st_size
-    except OSError as e:
-        fail(path, "unreadable", f"cannot read {what} ({e.strerror or e})")
+        return open_regular(path, what, cap=MAX_FILE_BYTES)
+    except FileProblem as e:
+        fail(path, e.code, e.detail)
 
 
 def _json_object(path, text, code, what):

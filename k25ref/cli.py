@@ -1,7 +1,9 @@
 """The `k25ref` command line (click). Commands are thin: each parses flags and calls library functions.
 
-Bad input (missing folder, malformed checkpoint, empty prompt, undecodable stdin, bad media) is one line on
-stderr and a non-zero exit code: 2 bad input, 3 config, 4 checkpoint, 5 media, 6 prompt (see k25ref.errors).
+Bad input (missing folder, malformed checkpoint, empty prompt, undecodable stdin, bad media, an option value
+out of range) is one line on stderr and a documented exit code: 1 the system refused (disk full, permission),
+2 usage or bad input, 3 config, 4 checkpoint, 5 media, 6 prompt, 7 numerics (see k25ref.errors). Option values
+are checked by their click types (k25ref.options) before any work starts.
 """
 import codecs
 import os
@@ -12,26 +14,54 @@ import time
 import click
 
 from k25ref.errors import K25RefError, PromptError
+from k25ref.make_tiny import PRESETS
 from k25ref.model import default_model_path
+from k25ref.options import FORCE, SEED, Finite, OutputFile, Size
 
 DEFAULT_PROMPT = "ROMEO:"
+MAX_CHAT_LINE = 100_000                 # characters of one chat line
+TINY_PRESETS = tuple(p for p in PRESETS if p != "full")
+
+
+def fail_line(message, code):
+    """Clear any progress bar, print `k25ref: error: message` as one line on stderr, exit with `code`."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()                                     # leave=False bars erase themselves
+    click.echo("k25ref: error: " + " ".join(str(message).splitlines()), err=True)
+    sys.exit(code)
 
 
 class Group(click.Group):
-    """A click group that turns k25ref's own errors into one line and an exit code, never a traceback."""
+    """A click group that turns k25ref's own errors -- and click's usage errors -- into one line and a
+    documented exit code, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            fail_line(e.format_message() + hint, e.exit_code)
+        except click.ClickException as e:
+            fail_line(e.format_message(), e.exit_code)
+        except click.Abort:
+            fail_line("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except K25RefError as e:
-            click.echo(f"k25ref: error: {e}", err=True)
-            ctx.exit(e.exit_code)
+            fail_line(e, e.exit_code)
+        except OSError as e:                            # after BrokenPipeError below: a subclass is handled there
+            if isinstance(e, BrokenPipeError):
+                sys.stderr.close()
+                ctx.exit(0)
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            fail_line(f"{where}{e.strerror or e}", 1)
         except KeyboardInterrupt:
             click.echo("", err=True)
             ctx.exit(130)
-        except BrokenPipeError:
-            sys.stderr.close()
-            ctx.exit(0)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +75,7 @@ def main():
     """
 
 
-model_option = click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=None,
+model_option = click.option("--model", "-m", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
                             help="Checkpoint folder in the released layout (config.json, index, shards, tokenizer). "
                                  "Default: the embedded tiny model, Kimi-K2.5-nano (6.4 M parameters, trained on "
                                  "Shakespeare and synthetic shapes).")
@@ -56,10 +86,10 @@ def _open(model_dir, memory_budget=None):
     from k25ref.model import load_model
     from k25ref.tokenizer import Tokenizer
     path = model_dir or default_model_path()
-    if not os.path.isdir(path):
-        raise K25RefError(f"{path}: no such checkpoint folder")
     model = load_model(path, memory_budget=memory_budget, progress=True)
-    return model, Tokenizer.from_pretrained(path)
+    tok = Tokenizer.from_pretrained(path)
+    tok.require_vocabulary(model.cfg.text.vocab_size, path)
+    return model, tok
 
 
 def _prepare_kernels():
@@ -91,17 +121,6 @@ def _read_prompt(prompt):
     return prompt
 
 
-def _parse_bytes(text):
-    """'4GB', '512MiB', '1e9' -> bytes."""
-    units = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    t = text.strip().upper()
-    num = t.rstrip("KMGTIB")
-    try:
-        return int(float(num) * units[t[len(num):]])
-    except (ValueError, KeyError):
-        raise click.BadParameter(f"{text!r} is not a size like 4GB or 512MiB") from None
-
-
 def peak_rss_bytes():
     """Peak resident set size of this process, from the OS."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -126,26 +145,28 @@ class TextStream:
 @main.command()
 @click.argument("prompt", required=False)
 @model_option
-@click.option("--max-tokens", "-n", default=64, show_default=True, help="New tokens to generate at most.")
-@click.option("--temp", "-t", default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: keep the top tokens up to this "
-                                                              "probability mass.")
-@click.option("--top-k", default=0, show_default=True, help="Keep only the k most likely tokens (0: all).")
-@click.option("--seed", default=None, type=int, help="Seed for sampling (same seed, same text).")
+@click.option("--max-tokens", "-n", default=64, show_default=True, type=click.IntRange(0),
+              help="New tokens to generate at most.")
+@click.option("--temp", "-t", default=0.0, show_default=True, type=Finite(0), help="Sampling temperature; 0 is greedy.")
+@click.option("--top-p", default=1.0, show_default=True, type=Finite(0, 1, min_open=True),
+              help="Nucleus sampling: keep the top tokens up to this probability mass, in (0, 1].")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0),
+              help="Keep only the k most likely tokens (0: all).")
+@click.option("--seed", default=None, type=SEED, help="Seed for sampling, 0 .. 2^63-1 (same seed, same text).")
 @click.option("--system", default=None, help="System prompt (default: the model's own).")
 @click.option("--think/--no-think", default=False, show_default=True,
               help="Thinking mode: the reply starts inside <think> (K2.5's default is on; off suits tiny models).")
 @click.option("--raw", is_flag=True, help="No chat template: continue PROMPT as plain text.")
 @click.option("--stats", is_flag=True, help="Print weight-cache and I/O counters after generating.")
-@click.option("--max-memory", default=None,
-              help="Memory for the model's weights, e.g. 4GB: one forward pass's working set (a layer's weights, the "
+@click.option("--max-memory", default=None, type=Size(),
+              help="Memory for the model's weights, e.g. 4G, 4GB or 512MiB (G = 10^9, GiB = 2^30): one forward pass's working set (a layer's weights, the "
                    "chosen experts) plus a cache of the rest; the Python process adds ~0.3 GB (default: no limit).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
               help="numba: the compiled kernels (fast; the first run compiles for ~15 s, then cached); numpy: the "
                    "plain reference. Both give the same tokens.")
-@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An image to show the model (repeatable); it comes before the prompt text.")
-@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--video", "videos", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A video (mp4/webm need the 'video' extra; GIF works as is), sampled at 2 fps in 4-frame chunks.")
 def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory,
              backend, images, videos):
@@ -158,7 +179,7 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
     if raw and (images or videos):
         raise click.UsageError("--image/--video need the chat template: drop --raw")
     parts, pixels, grids = _media_parts(images, videos)
-    model, tok = _open(model_dir, _parse_bytes(max_memory) if max_memory else None)
+    model, tok = _open(model_dir, max_memory)
     if raw:
         ids = tok.encode(prompt)
     else:
@@ -231,19 +252,24 @@ def format_stats(model, seconds, tokens):
 @click.option("--think/--no-think", default=False, show_default=True, help="Let the model think before replying.")
 @click.option("--show-thinking/--hide-thinking", default=True, show_default=True,
               help="Show the reasoning (dimmed) or hide it.")
-@click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens per reply at most.")
-@click.option("--temp", "-t", default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
-@click.option("--seed", default=None, type=int, help="Seed for sampling.")
+@click.option("--max-tokens", "-n", default=128, show_default=True, type=click.IntRange(0),
+              help="New tokens per reply at most.")
+@click.option("--temp", "-t", default=0.0, show_default=True, type=Finite(0), help="Sampling temperature; 0 is greedy.")
+@click.option("--seed", default=None, type=SEED, help="Seed for sampling, 0 .. 2^63-1.")
 def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
-    """An interactive multi-turn chat. Type /reset to forget the history, /exit (or Ctrl-D) to leave."""
+    """An interactive multi-turn chat. Type /reset to forget the history, /exit (or Ctrl-D) to leave.
+
+    A line that is not UTF-8 or longer than 100,000 characters is refused on its own; the chat goes on."""
     from k25ref.chat import parse_output
     model, tok = _open(model_dir)
     history = [{"role": "system", "content": system}] if system else []
     while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
+        line = _chat_line()
+        if line is None:
             return
+        if isinstance(line, PromptError):
+            click.echo(f"k25ref: error: {line}", err=True)
+            continue
         if line.strip() in ("/exit", "/quit"):
             return
         if line.strip() == "/reset":
@@ -252,9 +278,13 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         if not line.strip():
             continue
+        try:
+            ids = tok.apply_chat_template(history + [{"role": "user", "content": line}], thinking=think)
+            new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
+        except PromptError as e:                        # this turn's error; the history stays as it was
+            click.echo(f"k25ref: error: {e}", err=True)
+            continue
         history.append({"role": "user", "content": line})
-        ids = tok.apply_chat_template(history, thinking=think)
-        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
         text = ("<think>" if think else "<think></think>") + tok.decode(new)
         reply = parse_output(text)
         if reply.reasoning and show_thinking:
@@ -263,8 +293,34 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
         history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
 
 
+def _chat_line(max_chars=MAX_CHAT_LINE):
+    """The next line of chat input -> str, None at end of input, or a PromptError for a line that cannot be a
+    message (not UTF-8, too long); a too-long line is read to its end so the next line starts clean."""
+    click.echo(">>> ", nl=False)
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        try:
+            return input()
+        except EOFError:
+            return None
+    raw = stream.readline(4 * max_chars + 1)
+    if not raw:
+        return None
+    if len(raw) > 4 * max_chars and not raw.endswith(b"\n"):
+        while (more := stream.readline(1 << 16)) and not more.endswith(b"\n"):
+            pass
+        return PromptError(f"line is over {max_chars:,} characters; not sent")
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        return PromptError(f"line is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); not sent")
+    if len(text) > max_chars:
+        return PromptError(f"line is over {max_chars:,} characters; not sent")
+    return text
+
+
 @main.command()
-@click.argument("path", required=False, type=click.Path(file_okay=False))
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 def inspect(path):
     """Summarise a checkpoint from config.json and headers alone (no tensor data is read).
 
@@ -289,6 +345,8 @@ def tokenize(args, model_dir):
     if len(args) > 2:
         raise click.UsageError("give TEXT, or DIR TEXT (quote text with spaces)")
     folder = args[0] if len(args) == 2 else (model_dir or default_model_path())
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"folder {folder!r} does not exist", param_hint="DIR")
     tok = Tokenizer.from_pretrained(folder)
     ids = tok.encode(args[-1])
     click.echo(f"{len(ids)} tokens")
@@ -298,26 +356,28 @@ def tokenize(args, model_dir):
 
 @main.command("make-tiny")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--preset", default="tiny", show_default=True,
-              help="tiny | tiny-plain | tiny-groups (random weights in the released layout).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
-@click.option("--shards", default=2, show_default=True, help="Number of safetensors shards.")
-def make_tiny_cmd(out, preset, seed, shards):
-    """Write a small random checkpoint in exactly the released layout (for tests and experiments)."""
-    from k25ref.make_tiny import PRESETS, make_tiny
-    if preset not in PRESETS or preset == "full":
-        raise click.BadParameter(f"choose one of {sorted(p for p in PRESETS if p != 'full')}", param_hint="--preset")
-    if shards < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--shards")
-    make_tiny(out, preset, seed=seed, shards=shards)
+@click.option("--preset", default="tiny", show_default=True, type=click.Choice(TINY_PRESETS),
+              help="Random weights in the released layout, of this size.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for the random weights.")
+@click.option("--shards", default=2, show_default=True, type=click.IntRange(1, 999),
+              help="Number of safetensors shards.")
+@FORCE
+def make_tiny_cmd(out, preset, seed, shards, force):
+    """Write a small random checkpoint in exactly the released layout (for tests and experiments).
+
+    OUT must be new or an empty folder; --force writes into a non-empty one, replacing the files it writes
+    (each written under a temporary name and renamed, never through a symlink)."""
+    from k25ref.make_tiny import make_tiny
+    make_tiny(out, preset, seed=seed, shards=shards, force=force)
     click.echo(f"wrote {out}")
 
 
 @main.command("inspect-image")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--plot", type=click.Path(dir_okay=False), help="Also save a picture of the patch grid and its 2x2 "
-                                                            "merge groups here (PNG).")
-def inspect_image(path, plot):
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@FORCE
+@click.option("--plot", type=OutputFile(".png"), help="Also save a picture of the patch grid and its 2x2 "
+                                                    "merge groups to this .png file.")
+def inspect_image(path, force, plot):
     """How MoonViT sees an image: original, resized and padded sizes, patch grid and token count."""
     from k25ref import media
     info = media.plot_patch_grid(path, plot) if plot else media.describe_image(path)

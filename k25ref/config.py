@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, fields
 
 from k25ref.errors import ConfigError
+from k25ref.files import FileProblem, read_bytes
 
 
 # ----------------------------------------------------------------------------
@@ -37,14 +38,34 @@ def _check_types(obj, skip=()):
             _check_one(type(obj).__name__, f.name, f.type, getattr(obj, f.name))
 
 
+MAX_INT = 2**31 - 1          # no count, size or id of K2.5 comes near; larger ones only overflow arithmetic
+
+
+def _finite(value):
+    """A real number that is a finite float (huge ints overflow float(): they are not finite here)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _check_one(owner, name, kind, value):
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = is_int or (isinstance(value, float) and math.isfinite(value))
+    if is_int and not -MAX_INT <= value <= MAX_INT:
+        raise ConfigError(f"{owner}.{name}: {_short(value)} is outside [-2^31+1, 2^31-1]")
+    is_num = _finite(value)
     ok = {"int": is_int, "float": is_num, "bool": isinstance(value, bool), "str": isinstance(value, str),
           "int | None": value is None or is_int, "float | None": value is None or is_num,
           "tuple": isinstance(value, tuple)}[kind]
     if not ok:
-        raise ConfigError(f"{owner}.{name}: expected {kind}, got {value!r}")
+        raise ConfigError(f"{owner}.{name}: expected {kind}" + (" (finite)" if "float" in kind else "")
+                          + f", got {_short(value)}")
+
+
+def _short(value):
+    """repr of a config value, cut to 60 characters (a 4000-digit integer is not a message)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**50 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _require(cond, message):
@@ -93,9 +114,16 @@ class RopeConfig:
     def __post_init__(self):
         _check_types(self)
         _require(self.type in ("default", "yarn"), f"RopeConfig.type: unsupported rope type {self.type!r}")
-        _positive(self, "theta")
+        _require(self.theta > 1, f"RopeConfig.theta (rope_theta) must be > 1 (frequencies theta^(-2i/d) must "
+                 f"fall; log(theta) divides the YaRN ramp), got {self.theta!r}")
         if self.type == "yarn":
-            _positive(self, "factor", "original_max_position_embeddings")
+            _positive(self, "factor", "original_max_position_embeddings", "beta_fast", "beta_slow")
+            for name in ("mscale", "mscale_all_dim"):   # YaRN's temperature 0.1 m ln(s) + 1 divides or squares
+                m = 1.0 if self.factor <= 1 else 0.1 * getattr(self, name) * math.log(self.factor) + 1.0
+                _require(m > 0, f"RopeConfig.{name}={getattr(self, name)!r} with factor={self.factor!r} gives "
+                         f"YaRN temperature 0.1*{name}*ln(factor)+1 = {m:.4g}, which must be > 0")
+            _require(self.attention_factor is None or self.attention_factor > 0,
+                     f"RopeConfig.attention_factor must be > 0, got {self.attention_factor!r}")
 
 
 def _rope_from_hf(text):
@@ -111,8 +139,12 @@ def _rope_from_hf(text):
         return _from_keys(RopeConfig, {"rope_theta": merged["rope_theta"], "type": "default"},
                           {"theta": "rope_theta", "type": "type"}, "text_config.rope")
     merged.setdefault("original_max_position_embeddings", text.get("max_position_embeddings"))
-    if merged.get("factor") is None and merged["original_max_position_embeddings"]:   # transformers' fallback
-        merged["factor"] = text.get("max_position_embeddings", 0) / merged["original_max_position_embeddings"]
+    longest, original = text.get("max_position_embeddings", 0), merged["original_max_position_embeddings"]
+    if merged.get("factor") is None and original:                                    # transformers' fallback
+        _require(all(type(v) is int and 0 < v <= MAX_INT for v in (longest, original)),
+                 f"text_config: rope_scaling.factor is absent, and max_position_embeddings={_short(longest)} / "
+                 f"original_max_position_embeddings={_short(original)} are not both integers in [1, 2^31-1]")
+        merged["factor"] = longest / original
     # transformers leaves mscale/mscale_all_dim unset when absent; 0 means "not given" below.
     merged.setdefault("mscale", 0.0)
     merged.setdefault("mscale_all_dim", 0.0)
@@ -204,6 +236,7 @@ class TextConfig:
                  "TextConfig: num_hidden_layers x n_routed_experts exceeds the 2^17 expert matrices k25ref supports")
         _require(0 <= self.first_k_dense_replace <= self.num_hidden_layers,
                  "TextConfig.first_k_dense_replace must be in [0, num_hidden_layers]")
+        _check_derived(self)
         if self.has_moe:
             E, g = self.n_routed_experts, self.n_group
             _require(E % g == 0, f"TextConfig.n_group={g} must divide n_routed_experts={E}")
@@ -223,6 +256,29 @@ class TextConfig:
 
     def is_moe_layer(self, i):
         return i >= self.first_k_dense_replace
+
+
+def _check_derived(t):
+    """Every quantity computed from the config -- RoPE frequencies and cos/sin scale over every position,
+    the YaRN correction range, the softmax scale -- must be a finite positive float32, or the config is
+    refused naming the fields (beside the field checks, which cannot see combinations)."""
+    import numpy as np
+    from k25ref import rope
+    try:
+        with np.errstate(all="ignore"):
+            inv_freq, factor = rope.inv_frequencies(t.rope, t.qk_rope_head_dim)    # (Dr/2,) float32, float
+            derived = {"RoPE inverse frequencies": inv_freq,
+                       "the RoPE angle at the last position": np.float32(t.max_position_embeddings - 1) * inv_freq,
+                       "the cos/sin scale (attention_factor)": np.float32(factor),
+                       "the softmax scale": np.float32(rope.softmax_scale(t.rope, t.qk_head_dim))}
+    except (OverflowError, ZeroDivisionError, ValueError):    # float ** 2 overflows, 0.0 ** -0.5 divides
+        derived = {"a YaRN quantity": np.float32(np.nan)}
+    for what, value in derived.items():
+        value = np.asarray(value)
+        ok = np.isfinite(value).all() and (what.startswith("the RoPE angle") or (value > 0).all())
+        _require(ok, f"TextConfig: rope_theta={t.rope.theta!r}, rope_scaling factor={t.rope.factor!r}, "
+                 f"beta_fast/slow={t.rope.beta_fast!r}/{t.rope.beta_slow!r}, mscale={t.rope.mscale!r}/"
+                 f"{t.rope.mscale_all_dim!r} give {what} outside the finite positive float32 range")
 
 
 TEXT_KEYS = {f: f for f in (
@@ -365,16 +421,20 @@ def from_hf(d):
     return _build(KimiK25Config, dict(text=text, vision=vision, quant=quant, **top), "config.json")
 
 
+def _not_json(name):
+    """NaN, Infinity and -Infinity are not JSON numbers; Python's json would accept them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_config(path):
     """Read and validate `config.json` from a checkpoint folder (or the file itself)."""
     p = os.path.join(path, "config.json") if os.path.isdir(path) else path
     try:
-        with open(p, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config ({e.strerror or e})") from None
+        raw = read_bytes(p, "config")
+    except FileProblem as e:
+        raise ConfigError(f"{p}: {e.detail}") from None
     try:
-        d = json.loads(raw.decode("utf-8"))
+        d = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:   # ValueError: bad JSON, 5000-digit ints
         raise ConfigError(f"{p}: not valid UTF-8 JSON ({str(e)[:200]})") from None
     try:

@@ -6,7 +6,8 @@ line and exit with the code below. Anything else escaping k25ref is a bug in k25
 
 
 class K25RefError(Exception):
-    """Base class: bad input that k25ref detected and explains. CLI exit code 2."""
+    """Base class: bad input that k25ref detected and explains. CLI exit code 2 (1: the OS refused a read or
+    write, an OSError; 2 is also every usage error, such as an option value out of range)."""
 
     exit_code = 2
 
@@ -33,3 +34,10 @@ class PromptError(K25RefError):
     """A prompt, chat message list or token sequence is unusable (empty, wrong ids, ...). Exit 6."""
 
     exit_code = 6
+
+
+class NumericsError(K25RefError):
+    """A forward pass produced NaN or infinite logits (bad weights, an overflow); names the first layer whose
+    output was not finite. Exit 7."""
+
+    exit_code = 7

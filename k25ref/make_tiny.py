@@ -14,6 +14,8 @@ import numpy as np
 
 from k25ref.checkpoint import DTYPES, f32_to_bf16
 from k25ref.config import from_hf
+from k25ref.errors import K25RefError
+from k25ref.files import atomic_open, atomic_path
 from k25ref.int4 import quantize
 from k25ref.weights import TEXT, expected_tensors
 
@@ -175,7 +177,7 @@ def write_shard(path, entries):
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, _, _, chunks in entries:
@@ -197,12 +199,29 @@ def shard_of(name, cfg, shards):
     return body + min(order.index(part), tail - 1) if tail else 0
 
 
-def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True, scale_dtype="BF16"):
+def prepare_folder(out, force):
+    """Create `out`, or accept it empty; a non-empty folder only with `force` (its files are replaced one by
+    one, atomically: a symlink among them is replaced, not written through). Errors are K25RefError."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise K25RefError(f"{out}: exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        entries = os.listdir(out)
+    except OSError as e:
+        raise K25RefError(f"{out}: cannot create the folder ({e.strerror or e})") from None
+    if entries and not force:
+        raise K25RefError(f"{out}: folder is not empty ({len(entries)} entries, e.g. {sorted(entries)[0]!r}); "
+                          "pass --force (force=True) to write into it")
+
+
+def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True, scale_dtype="BF16",
+              force=True):
     """Write a random checkpoint of `preset_name` (or of the hub dict `config`) into folder `out`; INT4 scales
-    stored as `scale_dtype`."""
+    stored as `scale_dtype`. Every file is written atomically; force=False refuses a non-empty folder (the
+    CLI's default; the library keeps its old contract of writing over a checkpoint folder)."""
     hub = config if config is not None else preset(preset_name)
     cfg = from_hf(hub)
-    os.makedirs(out, exist_ok=True)
+    prepare_folder(out, force)
     rng = np.random.default_rng(seed)
     groups = [[] for _ in range(shards)]
     for name, dtype, arr in _stored_tensors(cfg, rng, scale_dtype):
@@ -214,13 +233,17 @@ def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=
         for name, _, arr in group:
             weight_map[name] = file
             total += arr.nbytes
-    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hub, f, indent=2)
+    _write_index_and_config(out, total, weight_map, hub)
     if tokenizer:
         copy_tokenizer(out, cfg.text.vocab_size)
     return out
+
+
+def _write_index_and_config(out, total, weight_map, hub):
+    with atomic_open(os.path.join(out, "model.safetensors.index.json")) as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with atomic_open(os.path.join(out, "config.json")) as f:
+        json.dump(hub, f, indent=2)
 
 
 def copy_tokenizer(out, vocab):
@@ -233,7 +256,8 @@ def copy_tokenizer(out, vocab):
         n_base = sum(1 for line in f if line.strip())
     if n_base + N_SPECIAL == vocab:
         for name in os.listdir(src):
-            shutil.copy(os.path.join(src, name), os.path.join(out, name))
+            with atomic_path(os.path.join(out, name)) as tmp:
+                shutil.copyfile(os.path.join(src, name), tmp)
 
 
 # ----------------------------------------------------------------------------
@@ -312,8 +336,5 @@ def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=Fa
         for name, dtype, shape, _ in group:
             weight_map[name] = file
             total += int(np.prod(shape)) * DTYPES[dtype][1]
-    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hub, f, indent=2)
+    _write_index_and_config(out, total, weight_map, hub)
     return out

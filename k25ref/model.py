@@ -4,7 +4,6 @@ Loading reads config.json and every shard's header, and checks every tensor's pr
 against the config before returning, so a bad checkpoint fails at once with a message that names file and
 tensor, and no half-loaded model is ever handed out. Tensor bytes are read later, when first used.
 """
-import json
 import os
 
 import numpy as np
@@ -13,7 +12,7 @@ from k25ref import decoder, multimodal, projector
 from k25ref.checkpoint import Checkpoint
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
-from k25ref.sampling import sample
+from k25ref.sampling import check_logits, sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
 from k25ref.weights import Weights, validate, working_set
 
@@ -78,7 +77,16 @@ class Model:
         receive named intermediates: embed, layers.{i}.attn_out, layers.{i}.router_indices,
         layers.{i}.router_weights, layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
         h = self.embed_prompt(input_ids, pixel_values, grid_thw, capture)
-        return self.forward(input_ids, self.new_cache(), capture, embeds=h)
+        out = self.forward(input_ids, self.new_cache(), capture, embeds=h)
+        return check_logits(out, lambda: capture if capture is not None else self.trace(input_ids, pixel_values,
+                                                                                        grid_thw))
+
+    def trace(self, input_ids, pixel_values=None, grid_thw=None):
+        """Every named intermediate of a full pass (see `logits`), without checking them."""
+        capture = {}
+        h = self.embed_prompt(input_ids, pixel_values, grid_thw, capture)
+        self.forward(input_ids, self.new_cache(), capture, embeds=h)
+        return capture
 
     @property
     def stop_ids(self):
@@ -86,9 +94,11 @@ class Model:
         ids = {self.cfg.eos_token_id}
         path = os.path.join(self.path, "tokenizer_config.json")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                decoder_map = json.load(f).get("added_tokens_decoder", {})
-            ids |= {int(i) for i, t in decoder_map.items() if t.get("content") in ("<|im_end|>", "[EOS]")}
+            from k25ref.tokenizer import read_tokenizer_config   # size-capped, special files refused
+            decoder_map = read_tokenizer_config(path).get("added_tokens_decoder", {})
+            ids |= {int(i) for i, t in (decoder_map.items() if isinstance(decoder_map, dict) else ())
+                    if isinstance(t, dict) and t.get("content") in ("<|im_end|>", "[EOS]") and i.isascii()
+                    and i.isdigit() and len(i) <= 9}
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
@@ -106,13 +116,16 @@ class Model:
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)
         embeds = self.embed_prompt(ids, pixel_values, grid_thw, backend=backend) if max_new_tokens else None
+        seen = list(ids)
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]
+            check_logits(logits, lambda: self.trace(seen, pixel_values, grid_thw))
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:
                 return
             yield token
             ids, embeds = np.array([token]), None
+            seen.append(token)
 
 
 def default_model_path():

@@ -1,7 +1,33 @@
-"""Choosing the next token from logits: greedy, or temperature -> top-k -> top-p sampling (transformers' order)."""
+"""Choosing the next token from logits: greedy, or temperature -> top-k -> top-p sampling (transformers' order).
+
+Logits are checked first: NaN or inf in them is a NumericsError naming the first layer whose output was not
+finite (`check_logits`), never a silent argmax over NaN nor NumPy's "probabilities contain NaN".
+"""
 import numpy as np
 
+from k25ref.errors import NumericsError
 from k25ref.nn import softmax
+
+
+def first_nonfinite(capture):  # {name: array} in the order computed -> name or None
+    """The first captured intermediate holding NaN or inf (capture dicts keep the order of computation)."""
+    for name, value in capture.items():
+        a = np.asarray(value)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            return name
+    return None
+
+
+def check_logits(logits, trace):  # (..., V) -> the same logits, finite
+    """Return `logits` if every value is finite; otherwise raise NumericsError naming where the first non-finite
+    value appeared. `trace()` -> capture dict of the same pass: called only on this failure path, so a finite
+    pass costs one isfinite over the logits."""
+    bad = ~np.isfinite(logits)
+    if not bad.any():
+        return logits
+    where = first_nonfinite(trace()) or "lm_head"
+    raise NumericsError(f"the forward pass produced {int(bad.sum())} non-finite logits (NaN or inf); the first "
+                        f"non-finite output was {where!r} (a weight with NaN/inf, or an overflow)")
 
 
 def greedy(logits):  # (V,) -> int
@@ -34,6 +60,10 @@ def sample(logits, temperature, top_k, top_p, rng):  # (V,) -> int
     """temperature 0 is greedy; otherwise scale, filter, and draw from the softmax with `rng`."""
     if temperature == 0:
         return greedy(logits)
-    scaled = filter_top_p(filter_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+    with np.errstate(over="ignore"):
+        scaled = logits.astype(np.float64) / temperature
+    if not np.isfinite(scaled).all():          # a temperature so small the logits overflow: its limit, greedy
+        return greedy(logits)
+    scaled = filter_top_p(filter_top_k(scaled, top_k), top_p)
     probs = softmax(scaled)
     return int(rng.choice(probs.size, p=probs / probs.sum()))

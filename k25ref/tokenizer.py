@@ -42,6 +42,7 @@ from pathlib import Path
 import regex
 
 from k25ref.errors import ConfigError, PromptError
+from k25ref.files import FileProblem, read_bytes
 
 # ----------------------------------------------------------------------------
 # constants of the Kimi tokenizer
@@ -77,6 +78,7 @@ K25_SPECIAL_TOKENS = {
 BUNDLED_DIR = Path(__file__).parent / "assets" / "tokenizer"   # a 4,096-id tokenizer trained on Shakespeare
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_DECIMAL = re.compile("[0-9]{1,9}")   # an id or rank: plain ASCII digits (str.isdigit also takes '²', '٣')
 # exactly the chars for which str.isspace() is true (the original's test for whitespace runs)
 _SPACE = "[\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 _NON_SPACE = "[^" + _SPACE[1:]
@@ -186,9 +188,9 @@ def read_tiktoken_model(path) -> dict:  # file -> {token bytes: rank}
     """
     path = Path(path)
     try:
-        lines = path.read_bytes().decode("ascii").splitlines()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the BPE ranks file ({e.strerror})") from None
+        lines = read_bytes(path, "BPE ranks").decode("ascii").splitlines()
+    except FileProblem as e:
+        raise ConfigError(f"{path}: {e.detail}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not an ASCII tiktoken file (byte {e.start})") from None
     ranks, line_of_rank = {}, {}
@@ -197,8 +199,9 @@ def read_tiktoken_model(path) -> dict:  # file -> {token bytes: rank}
             continue
         where = f"{path}:{lineno}"
         fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise ConfigError(f"{where}: expected 'base64-token rank', got {line[:80]!r}")
+        if len(fields) != 2 or not _DECIMAL.fullmatch(fields[1]):
+            raise ConfigError(f"{where}: expected 'base64-token rank' (rank: ASCII digits, at most 9), "
+                              f"got {line[:80]!r}")
         try:
             token = base64.b64decode(fields[0], validate=True)
         except (binascii.Error, ValueError):
@@ -226,13 +229,15 @@ def read_tokenizer_config(path) -> dict:  # file -> the JSON object
     """Read tokenizer_config.json (hub format); errors name the file and, for bad JSON, the line."""
     path = Path(path)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the tokenizer config ({e.strerror})") from None
+        config = json.loads(read_bytes(path, "tokenizer config").decode("utf-8"))
+    except FileProblem as e:
+        raise ConfigError(f"{path}: {e.detail}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:        # integers over 4300 digits; nesting deeper than the stack
+        raise ConfigError(f"{path}: malformed JSON ({str(e)[:100]})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config
@@ -251,8 +256,9 @@ def special_tokens_from_config(config: dict, n_base: int, path="tokenizer_config
     names = {}
     for key, entry in added.items():
         content = entry.get("content") if isinstance(entry, dict) else None
-        if not key.isdigit() or not isinstance(content, str) or not content:
-            raise ConfigError(f"{path}: added_tokens_decoder[{key!r}] needs an integer id and a 'content' string")
+        if not _DECIMAL.fullmatch(key) or not isinstance(content, str) or not content:
+            raise ConfigError(f"{path}: added_tokens_decoder[{key[:40]!r}] needs an id of ASCII digits (at most 9) "
+                              "and a non-empty 'content' string")
         token_id = int(key)
         if not n_base <= token_id < n_base + NUM_SPECIAL_TOKENS:
             raise ConfigError(f"{path}: added_tokens_decoder id {token_id} ({content!r}) is outside the special "
@@ -331,6 +337,13 @@ class Tokenizer:
         return cls.from_pretrained(BUNDLED_DIR)
 
     # -- sizes and named ids ---------------------------------------------------
+
+    def require_vocabulary(self, model_vocab: int, where="the model") -> None:
+        """A model may emit any id below its vocab_size: a smaller tokenizer could not decode some of them, so
+        the pair is refused when loaded (ConfigError), not when such an id is first generated."""
+        if self.vocab_size < model_vocab:
+            raise ConfigError(f"{where}: the tokenizer has {self.vocab_size} ids but the model's vocab_size is "
+                              f"{model_vocab}: ids {self.vocab_size}..{model_vocab - 1} could not be decoded")
 
     @property
     def vocab_size(self) -> int:
