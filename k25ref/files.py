@@ -70,7 +70,7 @@ def read_bytes(path, what, cap=None):
     cap = CAPS.get(what) if cap is None else cap
     try:
         with f:
-            raw = f.read() if cap is None else f.read(cap + 1)
+            raw = f.read()                    # sized by the inode; read(cap + 1) would allocate the cap
     except OSError as e:
         raise FileProblem("unreadable", f"cannot read {what} ({e.strerror or e})") from None
     if cap is not None and len(raw) > cap:
