@@ -24,6 +24,8 @@ import numpy as np
 
 from k25ref import media, shapes
 from k25ref.errors import K25RefError
+from k25ref.files import atomic_open
+from k25ref.options import FORCE, SEED, OutputFile
 from k25ref.multimodal import expand_placeholders
 
 NANO_PATH = os.path.join(os.path.dirname(__file__), "assets", "nano")
@@ -168,18 +170,23 @@ def format_report(r):
 
 
 @click.command("eval-nano")
-@click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=NANO_PATH,
+@click.option("--model", "-m", "model_dir", type=click.Path(exists=True, file_okay=False), default=NANO_PATH,
               show_default="the embedded nano model", help="Checkpoint folder to evaluate.")
-@click.option("--images", "n_images", default=200, show_default=True, help="Fresh synthetic images to caption.")
-@click.option("--videos", "n_videos", default=100, show_default=True, help="Fresh synthetic videos to caption.")
-@click.option("--text-tokens", default=None, type=int, help="Evaluate only the first N held-out tokens (default all).")
-@click.option("--seed", default=EVAL_SEED, show_default=True, help="Seed of the fresh images and videos.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-def eval_nano(model_dir, n_images, n_videos, text_tokens, seed, json_out):
+@click.option("--images", "n_images", default=200, show_default=True, type=click.IntRange(0, 100_000),
+              help="Fresh synthetic images to caption.")
+@click.option("--videos", "n_videos", default=100, show_default=True, type=click.IntRange(0, 100_000),
+              help="Fresh synthetic videos to caption.")
+@click.option("--text-tokens", default=None, type=click.IntRange(1), help="Evaluate only the first N held-out tokens "
+                                                                         "(default all).")
+@click.option("--seed", default=EVAL_SEED, show_default=True, type=SEED, help="Seed of the fresh images and videos.")
+@FORCE
+@click.option("--json", "json_out", type=OutputFile(".json"), default=None,
+              help="Also write the report to this .json file (checked before the evaluation starts).")
+def eval_nano(model_dir, n_images, n_videos, text_tokens, seed, force, json_out):
     """Evaluate the nano model with k25ref: held-out Shakespeare loss vs unigram, caption accuracy."""
     report = evaluate(model_dir, n_images, n_videos, text_tokens, seed=seed)
     for line in format_report(report):
         click.echo(line)
     if json_out:
-        with open(json_out, "w") as f:
+        with atomic_open(json_out) as f:
             json.dump(report, f, indent=2)

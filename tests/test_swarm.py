@@ -382,7 +382,7 @@ def test_quality_curve_reaches_targets_sooner_with_a_swarm():
 def test_cli_run_is_deterministic_and_draws(tmp_path):
     runner = CliRunner()
     a = runner.invoke(swarm, ["run", "--quick", "--gantt", str(tmp_path / "g.png")])
-    b = runner.invoke(swarm, ["run", "--quick", "--gantt", str(tmp_path / "g.png")])
+    b = runner.invoke(swarm, ["run", "--quick", "--force", "--gantt", str(tmp_path / "g.png")])
     assert a.exit_code == 0, a.output
     assert a.output == b.output and "critical_steps: " in a.output and "orphans: 0" in a.output
     assert (tmp_path / "g.png").stat().st_size > 10_000

@@ -16,6 +16,8 @@ from dataclasses import asdict
 import click
 
 from k25ref.errors import K25RefError
+from k25ref.files import atomic_open, atomic_path
+from k25ref.options import FORCE, SEED, OutputFile
 from k25ref.swarm.accounting import quality_curve, time_to_target
 from k25ref.swarm.bench import RunOptions, bench as run_bench, format_summary, run_task, summarize, summary_json
 from k25ref.swarm.events import SwarmConfig
@@ -23,6 +25,8 @@ from k25ref.swarm.policies import POLICIES
 from k25ref.swarm.tasks import FAMILIES, gold_table, make_task, read_suite, write_suite
 
 SHOWN_ROWS = 12
+MAX_AGENTS = click.IntRange(1, 1024)
+SEEDS = click.IntRange(1, 1000)
 
 
 @click.group()
@@ -43,16 +47,19 @@ def _tasks(task: str, seed: int, quick: bool):
 @swarm.command()
 @click.argument("task", default="wide")
 @click.option("--policy", "-p", type=click.Choice(POLICIES), default="swarm-static", show_default=True)
-@click.option("--max-agents", "-K", default=16, show_default=True, help="sub-agents running at once")
-@click.option("--seed", default=0, show_default=True, help="picks the world of a built-in family")
+@click.option("--max-agents", "-K", default=16, show_default=True, type=MAX_AGENTS, help="sub-agents running at once")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="picks the world of a built-in family")
 @click.option("--quick", is_flag=True, help="smaller built-in task")
-@click.option("--batch", "-B", default=4, show_default=True, help="tool calls per step (parallel-tool agents)")
+@click.option("--batch", "-B", default=4, show_default=True, type=click.IntRange(1, 1024),
+              help="tool calls per step (parallel-tool agents)")
 @click.option("--overflow", type=click.Choice(["queue", "reject"]), default="queue", show_default=True)
 @click.option("--fail-fast", is_flag=True, help="a failed sub-agent cancels its siblings (default: collect all)")
-@click.option("--deadline", default=0, show_default=True, help="wall ticks for the episode; 0 = none")
-@click.option("--gantt", type=click.Path(dir_okay=False), help="draw the timeline to this PNG")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="write the event trace as JSON")
-def run(task, policy, max_agents, seed, quick, batch, overflow, fail_fast, deadline, gantt, trace_path):
+@click.option("--deadline", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
+              help="wall ticks for the episode; 0 = none")
+@FORCE
+@click.option("--gantt", type=OutputFile(".png"), help="draw the timeline to this .png file")
+@click.option("--trace", "trace_path", type=OutputFile(".json"), help="write the event trace to this .json file")
+def run(task, policy, max_agents, seed, quick, batch, overflow, fail_fast, deadline, force, gantt, trace_path):
     """Run one episode (or a suite folder) and print the final table and metrics."""
     cfg = SwarmConfig(overflow=overflow, failure_mode="fail-fast" if fail_fast else "collect-all",
                       deadline=deadline)
@@ -68,19 +75,23 @@ def run(task, policy, max_agents, seed, quick, batch, overflow, fail_fast, deadl
             click.echo(f"{k:>22}: {round(v, 4) if isinstance(v, float) else v}")
         if gantt:
             from k25ref.swarm.plots import gantt as draw
-            click.echo(f"timeline: {draw(trace, gantt, f'{t.instance_id}  {policy}  K={max_agents}')}")
+            with atomic_path(gantt) as tmp:
+                draw(trace, tmp, f'{t.instance_id}  {policy}  K={max_agents}')
+            click.echo(f"timeline: {gantt}")
         if trace_path:
-            pathlib.Path(trace_path).write_text(json.dumps(asdict(trace), sort_keys=True))
+            with atomic_open(trace_path) as f:
+                f.write(json.dumps(asdict(trace), sort_keys=True))
             click.echo(f"trace: {trace_path}")
 
 
 @swarm.command()
 @click.option("--quick", is_flag=True, help="smaller tasks, one seed")
-@click.option("--seeds", default=3, show_default=True, help="worlds per family")
-@click.option("--max-agents", "-K", "Ks", multiple=True, type=int, default=(4, 16), show_default=True)
+@click.option("--seeds", default=3, show_default=True, type=SEEDS, help="worlds per family")
+@click.option("--max-agents", "-K", "Ks", multiple=True, type=MAX_AGENTS, default=(4, 16), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-@click.option("--plot", type=click.Path(dir_okay=False), help="quality-vs-time plot of ToyWide to this PNG")
-def bench(quick, seeds, Ks, as_json, plot):
+@FORCE
+@click.option("--plot", type=OutputFile(".png"), help="quality-vs-time plot of ToyWide to this .png file")
+def bench(quick, seeds, Ks, as_json, force, plot):
     """Every family x policy x K x seed; speedups are against `single` on the same worlds."""
     rows = run_bench(seeds=range(1 if quick else seeds), Ks=Ks, quick=quick)
     summary = summarize(rows)
@@ -97,12 +108,15 @@ def bench(quick, seeds, Ks, as_json, plot):
         click.echo(f"{p:<16} " + " ".join(f"{str(time_to_target(c, x) or '-'):>6}" for x in (0.3, 0.5, 0.7)))
     if plot:
         from k25ref.swarm.plots import quality_vs_time
-        click.echo(f"plot: {quality_vs_time(curves, plot, f'ToyWide {task.instance_id}, K={K}')}")
+        with atomic_path(plot) as tmp:
+            quality_vs_time(curves, tmp, f'ToyWide {task.instance_id}, K={K}')
+        click.echo(f"plot: {plot}")
 
 
 @swarm.command()
-@click.option("--iterations", default=300, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--iterations", default=300, show_default=True, type=click.IntRange(5, 100_000),
+              help="training steps (the table shows every fifth of them)")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def demo(iterations, seed):
     """REINFORCE on the spawn decision: serial collapse with r_perf only, a swarm with PARL's terms."""
     from k25ref.swarm.parl_demo import demo as parl
@@ -111,9 +125,15 @@ def demo(iterations, seed):
 
 @swarm.command()
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--seeds", default=3, show_default=True)
+@click.option("--seeds", default=3, show_default=True, type=SEEDS)
 @click.option("--quick", is_flag=True)
-def export(folder, seeds, quick):
-    """Write the built-in tasks (every family, SEEDS worlds each) as tasks.jsonl + gold/*.csv."""
+@FORCE
+def export(folder, seeds, quick, force):
+    """Write the built-in tasks (every family, SEEDS worlds each) as tasks.jsonl + gold/*.csv.
+
+    FOLDER must not hold a tasks.jsonl already, unless --force (then the suite's files are replaced)."""
+    if pathlib.Path(folder, "tasks.jsonl").exists() and not force:
+        raise click.BadParameter(f"{folder!r} already holds a tasks.jsonl; pass --force to replace it",
+                                 param_hint="FOLDER")
     tasks = [make_task(f, 0, s, quick) for s in range(seeds) for f in FAMILIES]
     click.echo(f"wrote {len(tasks)} tasks to {write_suite(folder, tasks)}")

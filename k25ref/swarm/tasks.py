@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, asdict
 
 from k25ref.errors import K25RefError
+from k25ref.files import FileProblem, atomic_open, read_bytes
 from k25ref.swarm.world import ATTRIBUTE_METRICS, World, canonical, keyed_rng
 
 FAMILIES = ("wide", "deep", "mixed", "read")
@@ -143,27 +144,38 @@ def gold_table(task: Task) -> list[dict]:
 def write_suite(folder, tasks: list[Task]) -> pathlib.Path:
     folder = pathlib.Path(folder)
     (folder / "gold").mkdir(parents=True, exist_ok=True)
-    (folder / "tasks.jsonl").write_text("".join(t.to_json() + "\n" for t in tasks))
-    for t in tasks:
-        (folder / "gold" / f"{t.instance_id}.csv").write_text(table_to_csv(gold_table(t), t.columns))
+    for path, text in [(folder / "tasks.jsonl", "".join(t.to_json() + "\n" for t in tasks))] + [
+            (folder / "gold" / f"{t.instance_id}.csv", table_to_csv(gold_table(t), t.columns)) for t in tasks]:
+        with atomic_open(path) as f:               # complete or absent; a symlink is replaced, not followed
+            f.write(text)
     return folder
+
+
+def _read_text(path):
+    """A suite file's text: a regular UTF-8 file under the size cap, or a K25RefError naming it."""
+    try:
+        return read_bytes(path, "task suite").decode("utf-8")
+    except FileProblem as e:
+        raise K25RefError(f"{path}: {e.detail}") from None
+    except UnicodeDecodeError as e:
+        raise K25RefError(f"{path}: not UTF-8 (byte {e.start})") from None
 
 
 def read_suite(folder) -> list[tuple[Task, list[dict]]]:
     """(task, gold rows) for every line of tasks.jsonl; malformed lines raise K25RefError naming them."""
     folder = pathlib.Path(folder)
     out = []
-    for n, line in enumerate((folder / "tasks.jsonl").read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(folder / "tasks.jsonl").splitlines(), 1):
         if not line.strip():
             continue
         try:
             task = Task(**json.loads(line))
-        except (json.JSONDecodeError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:     # bad JSON, 5000-digit ints, not an object
             raise K25RefError(f"{folder / 'tasks.jsonl'}:{n}: not a task row ({e})") from None
         gold_path = folder / "gold" / f"{task.instance_id}.csv"
         if not gold_path.exists():
             raise K25RefError(f"{gold_path}: gold table missing for {task.instance_id}")
-        out.append((task, list(csv.DictReader(io.StringIO(gold_path.read_text())))))
+        out.append((task, list(csv.DictReader(io.StringIO(_read_text(gold_path))))))
     return out
 
 
