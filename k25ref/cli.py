@@ -411,3 +411,7 @@ from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own com
 
 main.add_command(eval_nano)
 main.add_command(swarm)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,6 @@ import importlib.util
 import itertools
 import math
 import os
-import stat
 import warnings
 from datetime import datetime, timezone
 
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from k25ref.errors import MediaError
+from k25ref.files import FileProblem, check_regular
 
 # ----------------------------------------------------------------------------
 # constants: preprocessor_config.json `media_proc_cfg` (k25-facts §5.1)
@@ -52,6 +52,7 @@ IMAGE_STD = 0.5                       # image_std, the same for R, G and B
 
 DEFAULT_MAX_PIXELS = 89_478_485       # Pillow's own default Image.MAX_IMAGE_PIXELS (~0.25 GB of RGB)
 DEFAULT_MAX_FRAMES = 100_000          # decoded frames per video: ~55 min at 30 fps
+DEFAULT_MAX_TOTAL_PIXELS = 2**34      # frames x width x height decoded per video: ~10 min of 720p at 30 fps
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # the decoders Pillow may use (JPEG covers MPO)
 VIDEO_CONTAINERS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")  # decoded through ffmpeg
 
@@ -87,21 +88,27 @@ def _decoding(what):
             raise MediaError(f"{what}: cannot decode ({type(exc).__name__}: {reason})") from exc
 
 
-def _regular_file(path):
-    """Check that `path` names a non-empty regular file (a FIFO or /dev/zero would hang a decoder)."""
+def _regular_file(path, role="image"):
+    """Check that `path` names a non-empty regular file under the size cap of its role (files.CAPS): a FIFO
+    or /dev/zero would hang a decoder or never end."""
+    if not os.path.lexists(path):
+        raise MediaError(f"{path}: no such file")
     try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise MediaError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise MediaError(f"{path}: cannot access ({exc})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise MediaError(f"{path}: is a directory, not an image or video file")
-    if not stat.S_ISREG(info.st_mode):
-        raise MediaError(f"{path}: not a regular file (pipe, socket or device)")
-    if info.st_size == 0:
+        size = check_regular(path, role)
+    except FileProblem as e:
+        raise MediaError(f"{path}: {e.detail}") from None
+    if size == 0:
         raise MediaError(f"{path}: empty file")
     return os.fspath(path)
+
+
+def _check_budget(frames, width, height, max_frames, max_total_pixels, what):
+    """Refuse a video whose decoding would exceed max_frames or max_total_pixels (frames x width x height)."""
+    if frames > max_frames:
+        raise MediaError(f"{what}: {frames} frames is over max_frames={max_frames}")
+    if max_total_pixels is not None and frames * width * height > max_total_pixels:
+        raise MediaError(f"{what}: {frames} frames of {width}x{height} = {frames * width * height:,} pixels to decode "
+                         f"is over max_total_pixels={max_total_pixels:,}")
 
 
 def _check_pixels(width, height, max_pixels, what):
@@ -336,22 +343,66 @@ def _rate(value, name, what="video"):
     return rate
 
 
-def _pillow_video(path, fps, sample_fps, max_pixels, max_frames):
+def gif_durations(f):
+    """Each frame's display time in ms, read from a GIF's block structure without decoding any pixels.
+
+    A frame's time is the delay (1/100 s) of the graphic control extension before it, 0 without one -- what
+    Pillow reports as info["duration"]. Bytes that are no block are skipped, as Pillow skips them.
+    """
+    head = f.read(13)                                        # "GIF89a", logical screen descriptor
+    if len(head) < 13 or not head.startswith(b"GIF"):
+        raise MediaError("not a GIF file")
+    if head[10] & 0x80:
+        f.seek(3 << ((head[10] & 7) + 1), os.SEEK_CUR)       # global colour table
+    durations, delay = [], 0
+    while (tag := f.read(1)) not in (b"", b";"):
+        if tag == b"!":                                      # extension: label, then data sub-blocks
+            label, first = f.read(1), _skip_sub_blocks(f)
+            if label == b"\xf9" and len(first) >= 3:
+                delay = int.from_bytes(first[1:3], "little") * 10
+        elif tag == b",":                                    # image descriptor (+ local colour table) + LZW data
+            desc = f.read(9)
+            if len(desc) < 9:
+                break
+            if desc[8] & 0x80:
+                f.seek(3 << ((desc[8] & 7) + 1), os.SEEK_CUR)
+            f.read(1)
+            _skip_sub_blocks(f)
+            durations.append(delay)
+            delay = 0
+    return durations
+
+
+def _skip_sub_blocks(f):
+    """Skip a chain of GIF data sub-blocks (length byte, bytes; 0 ends it) -> the first sub-block's bytes."""
+    first = None
+    while (n := f.read(1)) and n[0]:
+        block = f.read(n[0])
+        first = block if first is None else first
+    return first or b""
+
+
+def _pillow_video(path, fps, sample_fps, max_pixels, max_frames, max_total_pixels=DEFAULT_MAX_TOTAL_PIXELS):
     """Animated GIF/PNG/WebP (or a still image = one frame) -> (indices, fps, iterator of RGB frames).
 
-    The frame rate is frames / total duration (average over variable frame durations). Two passes: the
-    first reads durations, the second decodes only the sampled frames.
+    The frame rate is frames / total duration (average over variable frame durations). A GIF's durations are
+    read from its block structure (gif_durations), other formats' by visiting each frame; then only the
+    sampled frames are decoded. Frame count and frames x pixels are checked before anything is decoded.
     """
     with _decoding(path), _open_image_file(path, max_pixels) as image:
         num_frames = getattr(image, "n_frames", 1)
-        if num_frames > max_frames:
-            raise MediaError(f"{path}: {num_frames} frames is over max_frames={max_frames}")
-        if fps is None:
+        _check_budget(num_frames, *image.size, max_frames, max_total_pixels, path)
+        if fps is None and image.format == "GIF":
+            with open(path, "rb") as f:
+                durations = gif_durations(f)
+            total_ms = sum(durations) if len(durations) == num_frames else None
+        if fps is None and (image.format != "GIF" or total_ms is None):
             total_ms = 0
             for k in range(num_frames):
                 image.seek(k)
                 image.load()
                 total_ms += image.info.get("duration") or 0
+        if fps is None:
             fps = num_frames * 1000.0 / total_ms if total_ms > 0 else (1.0 if num_frames == 1 else None)
     fps = _rate(fps, "fps", path)
     indices = sample_frame_indices(num_frames, fps, sample_fps)
@@ -370,11 +421,11 @@ def _pillow_video(path, fps, sample_fps, max_pixels, max_frames):
     return indices, fps, frames()
 
 
-def _container_video(path, fps, sample_fps, max_pixels, max_frames):
+def _container_video(path, fps, sample_fps, max_pixels, max_frames, max_total_pixels=DEFAULT_MAX_TOTAL_PIXELS):
     """mp4/webm/... through imageio's ffmpeg plugin -> (indices, fps, iterator of RGB frames).
 
     Container frame counts are estimates (imageio reports inf for mp4), so the frames are counted by
-    decoding them; a second pass keeps the sampled ones.
+    decoding them -- stopping as soon as the frame or pixel budget is spent; a second pass keeps the sampled ones.
     """
     plugin = _video_plugin()
     if plugin is None:
@@ -388,8 +439,7 @@ def _container_video(path, fps, sample_fps, max_pixels, max_frames):
         for frame in iio.imiter(path, plugin=plugin):
             _check_pixels(frame.shape[1], frame.shape[0], max_pixels, path)
             num_frames += 1
-            if num_frames > max_frames:
-                raise MediaError(f"{path}: more than max_frames={max_frames} frames")
+            _check_budget(num_frames, frame.shape[1], frame.shape[0], max_frames, max_total_pixels, path)
     indices = sample_frame_indices(num_frames, fps, sample_fps)
 
     def frames():
@@ -432,7 +482,8 @@ def preprocess_video(path_or_frames, *, fps=None, sample_fps=SAMPLE_FPS,
                      in_patch_limit_each_frame=IN_PATCH_LIMIT_EACH_FRAME,
                      temporal_merge_kernel_size=TEMPORAL_MERGE_KERNEL_SIZE,
                      patch_limit_on_one_side=PATCH_LIMIT_ON_ONE_SIDE,
-                     max_pixels=DEFAULT_MAX_PIXELS, max_frames=DEFAULT_MAX_FRAMES):
+                     max_pixels=DEFAULT_MAX_PIXELS, max_frames=DEFAULT_MAX_FRAMES,
+                     max_total_pixels=DEFAULT_MAX_TOTAL_PIXELS):
     """A video -> (pixel_values, grid_thw, timestamps) for MoonViT, one grid row per chunk of frames.
 
     Input: a path (mp4/m4v/mov/webm/mkv/avi via imageio + ffmpeg; animated GIF/PNG/WebP via Pillow) or a
@@ -448,9 +499,9 @@ def preprocess_video(path_or_frames, *, fps=None, sample_fps=SAMPLE_FPS,
     if temporal_merge_kernel_size < 1:
         raise MediaError(f"temporal_merge_kernel_size must be >= 1, got {temporal_merge_kernel_size}")
     if isinstance(path_or_frames, (str, os.PathLike)):
-        path = _regular_file(path_or_frames)
+        path = _regular_file(path_or_frames, "video")
         read = _container_video if path.lower().endswith(VIDEO_CONTAINERS) else _pillow_video
-        indices, fps, frames = read(path, fps, sample_fps, max_pixels, max_frames)
+        indices, fps, frames = read(path, fps, sample_fps, max_pixels, max_frames, max_total_pixels)
     elif isinstance(path_or_frames, (list, tuple, np.ndarray)):
         indices, fps, frames = _frame_list_video(path_or_frames, fps, sample_fps, max_pixels)
     else:

@@ -54,7 +54,8 @@ def summarize(path):
     cfg = load_config(path)
     expected = expected_tensors(cfg)
     index = read_index(path) if os.path.exists(os.path.join(path, INDEX_FILE)) else None
-    has_shards = index is None or any(os.path.lexists(os.path.join(path, s)) for s in set(index.values()))
+    absent = sorted(s for s in set(index.values()) if not os.path.lexists(os.path.join(path, s))) if index else []
+    has_shards = index is None or len(absent) < len(set(index.values()))
     if has_shards:
         ckpt = Checkpoint(path)
         found = list(problems(ckpt, cfg)) or list(int4_problems(ckpt, cfg))
@@ -67,7 +68,7 @@ def summarize(path):
                                                                  if n not in expected][:5]
         tensors = {n: (dtypes[0], shape) for n, (dtypes, shape) in expected.items()}   # as released
         shards = len(set(index.values()))
-    return _totals(cfg, tensors, shards, issues, has_shards)
+    return {**_totals(cfg, tensors, shards, issues, has_shards), "absent_shards": absent if not has_shards else []}
 
 
 def _totals(cfg, tensors, shards, issues, has_shards):
@@ -128,6 +129,15 @@ def format_summary(s, disk_gbps=(0.5, 1.0, 3.0, 7.0)):
     lines.append(f"{'read per decoded token':<30} {human(per_token)}B (active set, nothing cached)")
     for gbps in disk_gbps:
         lines.append(f"{'  at ' + str(gbps) + ' GB/s disk':<30} {per_token / (gbps * 1e9):.3g} s/token")
-    lines.append("problems: none" if not s["problems"] else f"problems ({len(s['problems'])}):")
+    absent = s.get("absent_shards", [])
+    if absent:           # the index-only view: say which shards it could not look into
+        lines.append(f"{'shards absent':<30} {len(absent)} of {s['shards']}: {', '.join(absent[:3])}"
+                     + (f", ... ({len(absent) - 3} more)" if len(absent) > 3 else ""))
+    if s["problems"]:
+        lines.append(f"problems ({len(s['problems'])}):")
+    elif absent:
+        lines.append(f"problems: none in the index; dtypes, shapes and data not checked ({len(absent)} shards absent)")
+    else:
+        lines.append("problems: none")
     lines += [f"  {p}" for p in s["problems"]]
     return lines

@@ -20,6 +20,8 @@ Decisions, stated once:
   * A `str` holding a lone surrogate (U+D800..U+DFFF) has no UTF-8 encoding. tiktoken silently swaps
     it for U+FFFD; here `encode` raises PromptError naming its position, so decode(encode(s)) == s
     holds for every text `encode` accepts.
+  * The long-text cuts (split_long_runs) never fall inside a special token's text: where the original
+    would cut one in two (and encode its halves as plain text), the cut moves to the token's start.
   * Special-token names must be unambiguous: if one name were a prefix of another, tiktoken's choice
     would depend on hash order. Here the longer name wins.
   * Known gap: PAT_STR's letter, number and Han classes come from the `regex` module's Unicode tables,
@@ -33,6 +35,7 @@ mergeable_ranks, special_tokens).encode(text, allowed_special="all").
 
 import base64
 import binascii
+import bisect
 import heapq
 import json
 import operator
@@ -157,23 +160,33 @@ def bpe_merge(piece: bytes, ranks: dict) -> list:  # bytes (n,) -> ids (<= n,)
 # ----------------------------------------------------------------------------
 # the original's cutting of very long texts
 
-def split_long_runs(text: str, max_chars: int = MAX_ENCODE_CHARS, max_run: int = MAX_RUN_CHARS):
+def split_long_runs(text: str, max_chars: int = MAX_ENCODE_CHARS, max_run: int = MAX_RUN_CHARS, keep=None):
     """Yield pieces of `text`, as tokenization_kimi.py cuts it before handing it to tiktoken.
 
     First <= max_chars chunks; then, inside each chunk, a run of consecutive whitespace (or of
     non-whitespace) chars longer than max_run is cut after every max_run chars: a run starting at
     s is cut at s + max_run, s + 2*max_run, ... ("whitespace" is str.isspace, as there).
     The pieces concatenate to `text`. The cuts change tokens only for texts with such runs.
+    `keep` (a compiled regex, the special tokens): a cut inside one of its matches moves to the match's
+    start, so a special token is never cut in two (the hub would encode its halves as plain text).
     """
     # only runs of > max_run chars matter; the lookbehinds make each match start where its run starts
     long_run = re.compile(f"(?<!{_SPACE}){_SPACE}{{{max_run + 1},}}|(?<!{_NON_SPACE}){_NON_SPACE}{{{max_run + 1},}}")
+    cuts = []
     for start in range(0, len(text), max_chars):
-        chunk, piece_start = text[start:start + max_chars], 0
-        for run in long_run.finditer(chunk):
-            for cut in range(run.start() + max_run, run.end(), max_run):
-                yield chunk[piece_start:cut]
-                piece_start = cut
-        yield chunk[piece_start:]
+        cuts += [start] if start else []
+        for run in long_run.finditer(text[start:start + max_chars]):
+            cuts += range(start + run.start() + max_run, start + run.end(), max_run)
+    if keep is not None and cuts:
+        spans = [m.span() for m in keep.finditer(text)]                  # sorted, not overlapping
+        starts = [begin for begin, _ in spans]
+        inside = ((cut, spans[bisect.bisect_left(starts, cut) - 1]) for cut in cuts)
+        cuts = sorted({begin if begin < cut < end else cut for cut, (begin, end) in inside} if spans else set(cuts))
+    piece_start = 0
+    for cut in cuts + [len(text)]:
+        if cut > piece_start:
+            yield text[piece_start:cut]
+            piece_start = cut
 
 
 # ----------------------------------------------------------------------------
@@ -410,7 +423,7 @@ class Tokenizer:
                               "it has no UTF-8 bytes to tokenize")
         special_re = self._special_re if allowed_special == "all" else self._special_pattern(allowed_special)
         ids = []
-        for piece in split_long_runs(text):
+        for piece in split_long_runs(text, keep=special_re):
             segments = special_re.split(piece) if special_re else [piece]   # text, special, text, ...
             for k, segment in enumerate(segments):
                 if k % 2:
