@@ -259,26 +259,30 @@ class TextConfig:
 
 
 def _check_derived(t):
-    """Every quantity computed from the config -- RoPE frequencies and cos/sin scale over every position,
-    the YaRN correction range, the softmax scale -- must be a finite positive float32, or the config is
-    refused naming the fields (beside the field checks, which cannot see combinations)."""
+    """Every quantity computed from the config -- RoPE frequencies and angles over every position, the YaRN
+    cos/sin scale and correction range, the softmax scale -- must be a finite positive float32, or the config
+    is refused naming the quantity and the fields it comes from (the field checks cannot see combinations)."""
     import numpy as np
     from k25ref import rope
-    try:
-        with np.errstate(all="ignore"):
-            inv_freq, factor = rope.inv_frequencies(t.rope, t.qk_rope_head_dim)    # (Dr/2,) float32, float
-            derived = {"RoPE inverse frequencies": inv_freq,
-                       "the RoPE angle at the last position": np.float32(t.max_position_embeddings - 1) * inv_freq,
-                       "the cos/sin scale (attention_factor)": np.float32(factor),
-                       "the softmax scale": np.float32(rope.softmax_scale(t.rope, t.qk_head_dim))}
-    except (OverflowError, ZeroDivisionError, ValueError):    # float ** 2 overflows, 0.0 ** -0.5 divides
-        derived = {"a YaRN quantity": np.float32(np.nan)}
-    for what, value in derived.items():
-        value = np.asarray(value)
-        ok = np.isfinite(value).all() and (what.startswith("the RoPE angle") or (value > 0).all())
-        _require(ok, f"TextConfig: rope_theta={t.rope.theta!r}, rope_scaling factor={t.rope.factor!r}, "
-                 f"beta_fast/slow={t.rope.beta_fast!r}/{t.rope.beta_slow!r}, mscale={t.rope.mscale!r}/"
-                 f"{t.rope.mscale_all_dim!r} give {what} outside the finite positive float32 range")
+    r = t.rope
+    derived = {
+        "the RoPE inverse frequencies": lambda: rope.inv_frequencies(r, t.qk_rope_head_dim)[0],
+        "the RoPE angle at the last position": lambda: np.float32(t.max_position_embeddings - 1)
+        * rope.inv_frequencies(r, t.qk_rope_head_dim)[0],
+        "the cos/sin scale (attention_factor)": lambda: np.float32(rope.attention_factor(r)),
+        "the softmax scale": lambda: np.float32(rope.softmax_scale(r, t.qk_head_dim)),
+    }
+    for what, compute in derived.items():
+        try:
+            with np.errstate(all="ignore"):
+                value = np.asarray(compute())
+            ok = np.isfinite(value).all() and (what.startswith("the RoPE angle") or (value > 0).all())
+        except (OverflowError, ZeroDivisionError, ValueError):    # float ** 2 overflows, 0.0 ** -0.5 divides
+            ok = False
+        _require(ok, f"TextConfig: {what} is not a finite positive float32 for rope_theta={r.theta!r}, "
+                 f"factor={r.factor!r}, beta_fast/beta_slow={r.beta_fast!r}/{r.beta_slow!r}, "
+                 f"mscale/mscale_all_dim={r.mscale!r}/{r.mscale_all_dim!r}, max_position_embeddings="
+                 f"{t.max_position_embeddings}, head dims {t.qk_nope_head_dim}+{t.qk_rope_head_dim}")
 
 
 TEXT_KEYS = {f: f for f in (

@@ -110,8 +110,10 @@ class Model:
         Generation ends after max_new_tokens or at a stop id, which is not yielded;
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
         """
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0:
-            raise PromptError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0")
+        if (not 0 <= temperature < np.inf or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0      # NaN fails too
+                or not (seed is None or 0 <= seed)):
+            raise PromptError("need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0 "
+                              "and seed None or >= 0")
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         rng = np.random.default_rng(seed)
         cache, ids = self.new_cache(), self.check_ids(input_ids)

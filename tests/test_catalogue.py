@@ -17,7 +17,10 @@ Then: a failed load leaves nothing behind, and a shard truncated after loading b
 """
 import gc
 import json
+import math
 import os
+import pathlib
+import resource
 import shutil
 import struct
 import subprocess
@@ -564,3 +567,387 @@ def test_absurd_config_sizes_fail_fast(base, tmp_path):
     except subprocess.TimeoutExpired:
         r = None
     assert r is not None and r.stdout.strip() == "refused"
+
+
+# ----------------------------------------------------------------------------
+# trust, round two: one table per family of docs/trust.md, each case through the real command line
+# (a child process under a time and address-space limit: a hang or an unbounded read fails, never stalls)
+
+CHILD_MEMORY = 3 * 2**30                    # address space of a child; /dev/zero read to the end exceeds it
+EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
+
+
+def run_cli(args, stdin=b"", timeout=90):
+    """`python -m k25ref.cli ARGS` in a child with an address-space limit -> CompletedProcess (text)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    r = subprocess.run([sys.executable, "-m", "k25ref.cli", *map(str, args)], input=stdin, capture_output=True,
+                       timeout=timeout, preexec_fn=limit, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                       r.stderr.decode(errors="replace"))
+
+
+def one_error_line(r, code, *needles):
+    """Exit `code`, one `k25ref: error:` line (a cleared progress bar may precede it on that line)."""
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    last = r.stderr.rstrip("\n").split("\r")[-1]
+    assert last.startswith("k25ref: error: "), r.stderr
+    for needle in needles:
+        assert needle in last, (needle, last)
+
+
+@pytest.fixture(scope="module")
+def with_tokenizer(tmp_path_factory):
+    """The tiny preset with the bundled tokenizer (its vocabulary fits)."""
+    return make_tiny(str(tmp_path_factory.mktemp("tok") / "ck"), "tiny", seed=4, shards=3)
+
+
+def copy_of(folder, tmp_path):
+    d = tmp_path / "ck"
+    shutil.copytree(folder, d)
+    return d
+
+
+def fifo(path):
+    if os.path.lexists(path):
+        os.remove(path)
+    os.mkfifo(path)
+
+
+def device(path, target="/dev/zero"):
+    if os.path.lexists(path):
+        os.remove(path)
+    os.symlink(target, path)
+
+
+def sparse(path, size):
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+# family 1: every file k25ref opens is a regular file under the cap of its role -> (command, file, make, code)
+SPECIAL_FILES = [
+    ("inspect", "config.json", fifo, 3),
+    ("inspect", "config.json", device, 3),
+    ("inspect", "config.json", lambda p: sparse(p, 17 * 2**20), 3),
+    ("tokenize", "tiktoken.model", fifo, 3),
+    ("tokenize", "tiktoken.model", device, 3),
+    ("tokenize", "tokenizer_config.json", device, 3),
+    ("tokenize", "tokenizer_config.json", lambda p: device(p, "/dev/urandom"), 3),
+    ("generate", "tokenizer_config.json", fifo, 3),
+    ("inspect-image", "image.png", fifo, 5),
+    ("inspect-image", "image.png", device, 5),
+    ("generate-video", "video.gif", device, 5),
+    ("generate-video", "video.mp4", fifo, 5),
+]
+
+
+@pytest.mark.parametrize("command, name, make, code", SPECIAL_FILES,
+                         ids=[f"{c}-{n}-{i}" for i, (c, n, _, _) in enumerate(SPECIAL_FILES)])
+def test_special_files_are_refused_before_reading(command, name, make, code, with_tokenizer, tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    d = copy_of(with_tokenizer, tmp_path)
+    make(d / name)
+    args = {"inspect": ["inspect", d], "tokenize": ["tokenize", d, "hello"],
+            "generate": ["generate", "-m", d, "-n", "1", "--backend", "numpy"],
+            "inspect-image": ["inspect-image", d / name],
+            "generate-video": ["generate", "-m", d, "-n", "1", "--video", d / name]}[command]
+    one_error_line(run_cli(args), code, str(d / name))
+
+
+# family 2: config arithmetic -- every derived quantity finite and in range, for any JSON number
+def rope(**kw):
+    return config(lambda c: c["text_config"]["rope_scaling"].update(kw))
+
+
+CONFIG_ARITHMETIC = [
+    ("rope_theta_one", config(lambda c: c["text_config"].__setitem__("rope_theta", 1.0)), "theta"),
+    ("rope_theta_huge_integer", config(lambda c: c["text_config"].__setitem__("rope_theta", 10**400)), "theta"),
+    ("rope_theta_over_float32", config(lambda c: c["text_config"].__setitem__("rope_theta", 1e300)), "rope_theta"),
+    ("rope_theta_NaN_literal", config(lambda c: json.dumps(c).replace('"rope_theta": 50000.0', '"rope_theta": NaN')
+                                      .encode()), "NaN"),
+    ("rope_theta_1e400", config(lambda c: json.dumps(c).replace('"rope_theta": 50000.0', '"rope_theta": 1e400')
+                                .encode()), "theta"),
+    ("beta_slow_zero", rope(beta_slow=0), "beta_slow"),
+    ("beta_fast_negative", rope(beta_fast=-32.0), "beta_fast"),
+    ("mscale_all_dim_zero_temperature", rope(mscale_all_dim=-10 / math.log(4.0)), "mscale_all_dim"),
+    ("mscale_overflows_yarn_scales", rope(mscale_all_dim=1e300), "mscale_all_dim=1.0/1e+300"),
+    ("head_dims_huge_softmax_scale", config(lambda c: c["text_config"]["rope_scaling"].update(mscale_all_dim=1e21,
+                                                                                          mscale=1e21)), "softmax scale"),
+    ("attention_factor_zero", rope(attention_factor=0.0), "attention_factor"),
+    ("factor_huge_integer", rope(factor=10**400), "factor"),
+    ("factor_absent_positions_huge", config(lambda c: (c["text_config"]["rope_scaling"].pop("factor"),
+                                                       c["text_config"].__setitem__("max_position_embeddings",
+                                                                                    10**400))),
+     "max_position_embeddings"),
+    ("layers_beyond_2^31", config(lambda c: c["text_config"].__setitem__("max_position_embeddings", 2**40)),
+     "max_position_embeddings"),
+    ("eps_huge_integer", config(lambda c: c["text_config"].__setitem__("rms_norm_eps", 10**400)), "rms_norm_eps"),
+]
+
+
+@pytest.mark.parametrize("damage, field", [pytest.param(d, f, id=i) for i, d, f in CONFIG_ARITHMETIC])
+def test_config_arithmetic_is_checked(damage, field, tmp_path, with_tokenizer):
+    d = copy_of(with_tokenizer, tmp_path)
+    damage(d)
+    with pytest.raises(ConfigError) as e:
+        k25ref.load_config(str(d))
+    assert field in str(e.value) and "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code == 3 and r.stderr.count("\n") == 1 and field in r.stderr, r.output
+
+
+# family 3: tokenizer files parsed defensively
+def tokenizer_config(fn):
+    def damage(d):
+        p = d / "tokenizer_config.json"
+        c = json.loads(p.read_text())
+        out = fn(c)
+        p.write_bytes(out if isinstance(out, bytes) else json.dumps(c).encode())
+    return damage
+
+
+def first_added(c):
+    return next(iter(c["added_tokens_decoder"]))
+
+
+def rekey(new):
+    return tokenizer_config(lambda c: c["added_tokens_decoder"].__setitem__(new, c["added_tokens_decoder"].pop(
+        first_added(c))))
+
+
+def tiktoken_line(fn):
+    def damage(d):
+        p = d / "tiktoken.model"
+        lines = p.read_bytes().splitlines()
+        p.write_bytes(b"\n".join(fn(lines)) + b"\n")
+    return damage
+
+
+def smaller_tokenizer(d):
+    tiktoken_line(lambda lines: lines[:3000])(d)
+    tokenizer_config(lambda c: c.__setitem__("added_tokens_decoder", {
+        str(int(k) - 4096 + 3256): v for k, v in c["added_tokens_decoder"].items()}))(d)
+
+
+TOKENIZER_FILES = [
+    ("id_in_arabic_digits", rekey("\u0661\u0666\u0663\u0668\u0664\u0660"), "tokenize", "added_tokens_decoder"),
+    ("id_superscript_digit", rekey("\u00b2"), "tokenize", "added_tokens_decoder"),
+    ("id_of_5000_digits", rekey("9" * 5000), "tokenize", "added_tokens_decoder"),
+    ("id_colliding_with_a_base_rank", rekey("7"), "tokenize", "outside the special ids"),
+    ("config_nested_100k_deep", tokenizer_config(lambda c: ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+                                                 .encode()), "tokenize", "malformed JSON"),
+    ("rank_of_5000_digits", tiktoken_line(lambda lines: lines[:-1] + [lines[-1].split()[0] + b" " + b"9" * 5000]),
+     "tokenize", "expected 'base64-token rank'"),
+    ("rank_in_fullwidth_digits", tiktoken_line(lambda lines: lines[:-1] + [lines[-1].split()[0] + b" \xef\xbc\x91"]),
+     "tokenize", "ASCII"),
+    ("tokenizer_smaller_than_vocabulary", smaller_tokenizer, "generate", "could not be decoded"),
+]
+
+
+@pytest.mark.parametrize("damage, command, needle", [pytest.param(d, c, n, id=i) for i, d, c, n in TOKENIZER_FILES])
+def test_tokenizer_files_are_parsed_defensively(damage, command, needle, tmp_path, with_tokenizer):
+    d = copy_of(with_tokenizer, tmp_path)
+    damage(d)
+    args = ["tokenize", str(d), "hello"] if command == "tokenize" else ["generate", "-m", str(d), "-n", "1",
+                                                                        "--backend", "numpy"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 3 and r.stderr.count("\n") == 1, (r.exit_code, r.output[-2000:])
+    assert needle in r.stderr and "Traceback" not in r.output
+
+
+# family 4: non-finite numbers
+def poison(d, name, value=0x7F80):
+    """Set every element of BF16 tensor `name` to `value` (+inf by default) in whichever shard holds it."""
+    where = json.loads((d / INDEX_FILE).read_text())["weight_map"][name]
+    edit(lambda h, data: set_bytes(h, data, name, np.full(np.prod(h[name]["shape"]), value, "<u2").tobytes()),
+         shard=where)(d)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_non_finite_logits_name_their_layer(with_tokenizer, tmp_path, temperature):
+    d = copy_of(with_tokenizer, tmp_path)
+    poison(d, f"{LAYER}1.post_attention_layernorm.weight")
+    model = k25ref.load_model(str(d))
+    with pytest.raises(k25ref.NumericsError) as e:
+        next(model.generate([1, 2, 3], 4, temperature=temperature, seed=0))
+    assert "layers.1." in str(e.value) and e.value.exit_code == 7
+    with pytest.raises(k25ref.NumericsError):
+        model.logits([1, 2, 3])
+    r = run_cli(["generate", "-m", d, "-n", "2", "--temp", str(temperature), "--backend", "numpy"])
+    one_error_line(r, 7, "layers.1.")
+
+
+@pytest.mark.parametrize("args", [
+    ["--temp", "nan"], ["--temp", "inf"], ["--temp", "-1"], ["--seed", "-1"], ["--seed", str(2**64)],
+    ["--max-memory", "inf"], ["--max-memory", "nan"], ["--max-memory", "-1"], ["--max-memory", "1e400GB"],
+    ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"], ["--top-k", "-3"], ["-n", "-1"]])
+def test_numeric_options_are_usage_errors(args):
+    r = CliRunner().invoke(main, ["generate", "-n", "1", *args])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and args[0] in r.stderr, r.output
+
+
+def test_numeric_api_arguments_are_prompt_errors(with_tokenizer):
+    model = k25ref.load_model(str(with_tokenizer))
+    for kw in ({"temperature": math.nan}, {"temperature": math.inf}, {"seed": -1}, {"top_p": math.nan}):
+        with pytest.raises(k25ref.PromptError):
+            next(model.generate([1, 2], 2, **kw))
+
+
+@pytest.mark.parametrize("size, expected", [("4G", 4 * 10**9), ("4GB", 4 * 10**9), ("512MiB", 512 * 2**20),
+                                            ("1e9", 10**9), ("0", 0), ("1.5 GiB", 3 * 2**29)])
+def test_sizes_take_the_usual_suffixes(size, expected):
+    from k25ref.options import Size
+    assert Size().convert(size, None, None) == expected
+
+
+# family 5: media budgets
+def animated_gif(path, frames=24, size=(40, 30), durations=None):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                   duration=durations or [int(x) for x in rng.integers(20, 200, frames)])
+    return path
+
+
+def counting_gif_loads(monkeypatch):
+    from PIL import GifImagePlugin
+    calls, original = [], GifImagePlugin.GifImageFile.load
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "load", lambda self: calls.append(1) or original(self))
+    return calls
+
+
+def test_gif_timings_are_read_without_decoding(tmp_path, monkeypatch):
+    from k25ref import media
+    path = animated_gif(tmp_path / "v.gif")
+    calls = counting_gif_loads(monkeypatch)
+    media.preprocess_video(str(path))                          # frame rate from the file's timings
+    timed = len(calls)
+    calls.clear()
+    from PIL import Image
+    with Image.open(path) as im:                               # the same rate, given: no timings to read
+        n, total = im.n_frames, 0
+        for k in range(n):
+            im.seek(k)
+            total += im.info["duration"]
+    calls.clear()
+    media.preprocess_video(str(path), fps=n * 1000.0 / total)
+    assert timed == len(calls), (timed, len(calls))
+
+
+def test_video_pixel_budget_is_checked_before_decoding(tmp_path, monkeypatch):
+    from k25ref import media
+    path = animated_gif(tmp_path / "v.gif", frames=30, size=(64, 48))
+    calls = counting_gif_loads(monkeypatch)
+    with pytest.raises(k25ref.MediaError) as e:
+        media.preprocess_video(str(path), max_total_pixels=29 * 64 * 48)
+    assert "max_total_pixels" in str(e.value) and "30 frames of 64x48" in str(e.value) and not calls
+    with pytest.raises(k25ref.MediaError):
+        media.preprocess_video(str(path), max_frames=29)
+    assert not calls
+
+
+def test_long_text_cut_never_splits_a_special_token():
+    from k25ref.tokenizer import MAX_RUN_CHARS, Tokenizer
+    tok = Tokenizer.bundled()
+    for offset in range(1, len("<|im_end|>")):
+        text = "a" * (MAX_RUN_CHARS - offset) + "<|im_end|>" + "b" * 7
+        assert tok.encode(text).count(tok.im_end_id) == 1, offset
+        assert tok.decode(tok.encode(text)) == text
+
+
+# family 6: never lose a user's file
+def test_make_tiny_refuses_a_non_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, ["make-tiny", str(out), "--preset", "tiny-plain"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--force" in r.stderr
+    assert os.listdir(out) == ["notes.txt"]
+
+
+def test_make_tiny_force_never_writes_through_a_symlink(tmp_path):
+    out, target = tmp_path / "out", tmp_path / "precious.json"
+    out.mkdir()
+    target.write_text("precious")
+    os.symlink(target, out / "config.json")
+    r = CliRunner().invoke(main, ["make-tiny", str(out), "--preset", "tiny-plain", "--force"])
+    assert r.exit_code == 0, r.output
+    assert target.read_text() == "precious" and not os.path.islink(out / "config.json")
+    k25ref.load_model(str(out))
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    from k25ref.files import atomic_open
+    path = tmp_path / "report.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as f:
+            f.write("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
+
+
+OUTPUTS = [  # (command line with {} for the output path, extension)
+    (["inspect-image", str(EXAMPLES / "red_circle.png"), "--plot", "{}"], ".png"),
+    (["swarm", "run", "--quick", "--gantt", "{}"], ".png"),
+    (["swarm", "run", "--quick", "--trace", "{}"], ".json"),
+    (["swarm", "bench", "--quick", "-K", "2", "--plot", "{}"], ".png"),
+    (["eval-nano", "--images", "1", "--videos", "0", "--text-tokens", "8", "--json", "{}"], ".json"),
+]
+
+
+@pytest.mark.parametrize("argv, ext", OUTPUTS, ids=[a[a.index("{}") - 1] + "-" + a[0] for a, _ in OUTPUTS])
+def test_output_options_write_exactly_there(argv, ext, tmp_path):
+    def invoke(path, *extra):
+        return CliRunner().invoke(main, [str(path) if a == "{}" else a for a in argv] + list(extra))
+    for bad in (tmp_path / "report", tmp_path / f"report{ext}.txt", tmp_path / "none" / f"r{ext}", tmp_path):
+        r = invoke(bad)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, (bad, r.output)
+        assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    existing = tmp_path / f"mine{ext}"
+    existing.write_text("mine")
+    r = invoke(existing)
+    assert r.exit_code == 2 and "--force" in r.stderr and existing.read_text() == "mine"
+    r = invoke(existing, "--force")
+    assert r.exit_code == 0 and existing.read_bytes() != b"mine", r.output
+    assert sorted(os.listdir(tmp_path)) == [f"mine{ext}"]
+
+
+# family 7: one exit code per kind of error, one line, in every command
+@pytest.mark.parametrize("argv", [["generate", "-m", "{}"], ["chat", "-m", "{}"], ["inspect", "{}"],
+                                  ["tokenize", "{}", "hi"], ["eval-nano", "-m", "{}"],
+                                  ["generate", "--image", "{}"], ["inspect-image", "{}"]])
+def test_a_missing_path_is_the_same_error_everywhere(argv, tmp_path):
+    r = CliRunner().invoke(main, [str(tmp_path / "missing") if a == "{}" else a for a in argv])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("k25ref: error: "), r.output
+
+
+def test_error_after_a_progress_bar_is_one_line(with_tokenizer, tmp_path):
+    d = copy_of(with_tokenizer, tmp_path)
+    last = sorted(p for p in os.listdir(d) if p.endswith(".safetensors"))[-1]
+    raw_file(lambda old: old[:-3])(d) if last == SHARD1 else (d / last).write_bytes((d / last).read_bytes()[:-3])
+    one_error_line(run_cli(["generate", "-m", d, "-n", "1"]), 4, "[truncated]")
+
+
+def test_chat_keeps_the_session_after_a_bad_line():
+    stdin = b"\xff\xfe not utf-8\n" + b"x" * 100_001 + b"\nWho art thou?\n/exit\n"
+    r = run_cli(["chat", "-n", "3"], stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("k25ref: error: ")]
+    assert len(errors) == 2 and "not UTF-8" in errors[0] and "100,000" in errors[1], r.stderr
+    assert r.stdout.count(">>> ") == 4 and "Traceback" not in r.stderr
+
+
+# family 8: inspect tells the whole truth
+def test_inspect_index_only_names_absent_shards(base, tmp_path):
+    d = copy_of(base, tmp_path)
+    for shard in (SHARD1, SHARD2):
+        os.remove(d / shard)
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code == 0 and "problems: none\n" not in r.stdout
+    assert "shards absent" in r.stdout and "2 of 2" in r.stdout and SHARD1 in r.stdout
