@@ -380,7 +380,12 @@ def make_tiny_cmd(out, preset, seed, shards, force):
 def inspect_image(path, force, plot):
     """How MoonViT sees an image: original, resized and padded sizes, patch grid and token count."""
     from k25ref import media
-    info = media.plot_patch_grid(path, plot) if plot else media.describe_image(path)
+    if plot:
+        from k25ref.files import atomic_path
+        with atomic_path(plot) as tmp:               # complete or absent; a symlink there is replaced, not followed
+            info = media.plot_patch_grid(path, tmp)
+    else:
+        info = media.describe_image(path)
     for key, value in info.items():
         click.echo(f"{key:14} {value}")
 

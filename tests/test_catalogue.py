@@ -578,10 +578,11 @@ EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 
 
 def run_cli(args, stdin=b"", timeout=90):
-    """`python -m k25ref.cli ARGS` in a child with an address-space limit -> CompletedProcess (text)."""
+    """`k25ref ARGS` in a child with an address-space limit -> CompletedProcess (text)."""
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
-    r = subprocess.run([sys.executable, "-m", "k25ref.cli", *map(str, args)], input=stdin, capture_output=True,
+    entry_point = [sys.executable, "-c", "from k25ref.cli import main; main()"]   # what the console script runs
+    r = subprocess.run(entry_point + list(map(str, args)), input=stdin, capture_output=True,
                        timeout=timeout, preexec_fn=limit, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
                                        r.stderr.decode(errors="replace"))
