@@ -248,6 +248,59 @@ def test_config_fields(edits):
         assert str(e) and "\n" not in str(e)
 
 
+# numbers where arithmetic breaks: huge integers (float() overflows), the float edges, values near 1 and 0
+numbers = (st.integers() | st.integers(-2**70, 2**70) | st.sampled_from([10**400, -10**400, 2**31, 2**31 - 1])
+           | st.floats() | st.sampled_from([0, -1, 1, 0.0, -0.0, 1e-300, 1e300, 1.0000001, 3.4e38, 5e-324]))
+
+
+@pytest.mark.fuzz
+@fuzz
+@given(edits=st.lists(st.tuples(st.sampled_from(PATHS), numbers | json_values), min_size=1, max_size=3))
+def test_config_derived_quantities(edits):
+    """Any numbers in any fields: a ConfigError, or a config whose every derived quantity -- RoPE frequencies
+    and angles, YaRN's cos/sin scale, the softmax scale -- is a finite positive float32. Never
+    ZeroDivisionError, OverflowError or a silent inf."""
+    from k25ref import rope
+    d = json.loads(json.dumps(PRESET))
+    for path, value in edits:
+        node = d
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node[path[-1]] = value
+    try:
+        cfg = from_hf(d)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    t = cfg.text
+    inv_freq, factor = rope.inv_frequencies(t.rope, t.qk_rope_head_dim)
+    angles = np.float32(t.max_position_embeddings - 1) * inv_freq
+    scale = np.float32(rope.softmax_scale(t.rope, t.qk_head_dim))
+    assert np.isfinite(inv_freq).all() and (inv_freq > 0).all() and np.isfinite(angles).all()
+    assert np.isfinite(np.float32(factor)) and factor > 0 and np.isfinite(scale) and scale > 0
+
+
+@pytest.mark.fuzz
+@fuzz
+@given(doc=json_values | st.dictionaries(st.sampled_from(["added_tokens_decoder", "bos_token", "eos_token"]),
+                                         json_values | st.dictionaries(st.text(max_size=12) | st.sampled_from(
+                                             ["4096", "4097", "\u0664\u0660\u0669\u0666", "\u00b2", "9" * 5000]),
+                                             json_values | st.fixed_dictionaries({"content": st.text(max_size=6)}),
+                                             max_size=3)))
+def test_tokenizer_config(scratch, doc):
+    """Any tokenizer_config.json beside the bundled ranks: a tokenizer or a ConfigError naming the file."""
+    from k25ref.tokenizer import BUNDLED_DIR, Tokenizer
+    folder = os.path.join(scratch, "tok")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(os.path.join(BUNDLED_DIR, "tiktoken.model"), folder)
+    put(folder, "tokenizer_config.json", json.dumps(doc).encode())
+    try:
+        Tokenizer.from_pretrained(folder)
+    except ConfigError as e:
+        assert "tokenizer_config.json" in str(e) and "\n" not in str(e)
+
+
 @pytest.mark.fuzz
 @fuzz
 @given(data=st.binary(max_size=256) | json_values.map(lambda v: json.dumps(v).encode()))
