@@ -186,8 +186,9 @@ def cli(path=None):
            "sensible. Edit the tool, not this page.\n",
            "The commands are thin wrappers over library calls: [`k25ref/cli.py`](../k25ref/cli.py), and "
            "[`k25ref/swarm/cli.py`](../k25ref/swarm/cli.py) for `k25ref swarm`.\n",
-           "Exit codes: 0 ok, 2 bad input or usage, 3 config, 4 checkpoint, 5 media, 6 prompt "
-           "([`k25ref/errors.py`](../k25ref/errors.py)); 130 on Ctrl-C.\n",
+           "Exit codes: 0 ok, 1 the system refused a read or write, 2 bad input or usage, 3 config, 4 checkpoint, "
+           "5 media, 6 prompt, 7 numerics ([`k25ref/errors.py`](../k25ref/errors.py), [trust.md](trust.md)); "
+           "130 on Ctrl-C.\n",
            "## `k25ref --help`\n", _block(_k25ref(["--help"])[1])]
     out.append("## Commands\n")
     commands = [(name, cmd) for name, cmd in sorted(main.commands.items())]
