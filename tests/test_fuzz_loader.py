@@ -229,12 +229,8 @@ def paths(d, prefix=()):
 PATHS = sorted(paths(PRESET))
 
 
-@pytest.mark.fuzz
-@fuzz
-@given(edits=st.lists(st.tuples(st.sampled_from(PATHS), json_values | st.integers(-3, 300)), min_size=1,
-                      max_size=3))
-def test_config_fields(edits):
-    """A real config with fields replaced by any JSON value: a config or a ConfigError naming the field."""
+def edited(edits):
+    """A copy of the preset with each (key path, value) set where the path still leads to an object."""
     d = json.loads(json.dumps(PRESET))
     for path, value in edits:
         node = d
@@ -242,6 +238,16 @@ def test_config_fields(edits):
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node[path[-1]] = value
+    return d
+
+
+@pytest.mark.fuzz
+@fuzz
+@given(edits=st.lists(st.tuples(st.sampled_from(PATHS), json_values | st.integers(-3, 300)), min_size=1,
+                      max_size=3))
+def test_config_fields(edits):
+    """A real config with fields replaced by any JSON value: a config or a ConfigError naming the field."""
+    d = edited(edits)
     try:
         from_hf(d)
     except ConfigError as e:
@@ -261,13 +267,7 @@ def test_config_derived_quantities(edits):
     and angles, YaRN's cos/sin scale, the softmax scale -- is a finite positive float32. Never
     ZeroDivisionError, OverflowError or a silent inf."""
     from k25ref import rope
-    d = json.loads(json.dumps(PRESET))
-    for path, value in edits:
-        node = d
-        for k in path[:-1]:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node[path[-1]] = value
+    d = edited(edits)
     try:
         cfg = from_hf(d)
     except ConfigError as e:
