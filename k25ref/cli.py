@@ -23,6 +23,9 @@ MAX_CHAT_LINE = 100_000                 # characters of one chat line
 TINY_PRESETS = tuple(p for p in PRESETS if p != "full")
 
 
+NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())   # click >= 8.2 raises it for a bare group
+
+
 def fail_line(message, code):
     """Clear any progress bar, print `k25ref: error: message` as one line on stderr, exit with `code`."""
     from tqdm import tqdm
@@ -39,6 +42,9 @@ class Group(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NO_ARGS as e:                            # `k25ref` alone: click's help, as it would show it
+            e.show()
+            sys.exit(e.exit_code)
         except click.UsageError as e:
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
             fail_line(e.format_message() + hint, e.exit_code)

@@ -105,3 +105,9 @@ def test_generate_image_never_prints_a_traceback(tmp_path):
         r = CliRunner().invoke(main, ["generate", "--image", str(tmp_path / name), "-n", "1"])
         assert r.exit_code == 5, (name, r.output)
         assert "Traceback" not in r.output and r.stderr.count("\n") == 1
+
+
+def test_a_bare_group_shows_its_help():
+    for argv in ([], ["swarm"]):
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 2 and "Commands:" in r.output and "k25ref: error" not in r.output
