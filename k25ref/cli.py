@@ -302,13 +302,16 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
 def _chat_line(max_chars=MAX_CHAT_LINE):
     """The next line of chat input -> str, None at end of input, or a PromptError for a line that cannot be a
     message (not UTF-8, too long); a too-long line is read to its end so the next line starts clean."""
-    click.echo(">>> ", nl=False)
     stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:
+    if stream is None or sys.stdin.isatty():       # a terminal: input() keeps line editing
         try:
-            return input()
+            text = input(">>> ")
         except EOFError:
             return None
+        except UnicodeDecodeError as e:
+            return PromptError(f"line is not UTF-8 text (byte {e.start}); not sent")
+        return text if len(text) <= max_chars else PromptError(f"line is over {max_chars:,} characters; not sent")
+    click.echo(">>> ", nl=False)
     raw = stream.readline(4 * max_chars + 1)
     if not raw:
         return None

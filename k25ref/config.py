@@ -51,7 +51,7 @@ def _finite(value):
 
 def _check_one(owner, name, kind, value):
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    if is_int and not -MAX_INT <= value <= MAX_INT:
+    if is_int and kind.startswith("int") and not -MAX_INT <= value <= MAX_INT:
         raise ConfigError(f"{owner}.{name}: {_short(value)} is outside [-2^31+1, 2^31-1]")
     is_num = _finite(value)
     ok = {"int": is_int, "float": is_num, "bool": isinstance(value, bool), "str": isinstance(value, str),
