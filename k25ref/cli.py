@@ -11,6 +11,7 @@ import time
 
 import click
 
+from k25ref import __version__
 from k25ref.errors import K25RefError, PromptError
 from k25ref.model import default_model_path
 
@@ -35,7 +36,10 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.version_option(__version__, "--version", "-V", message="%(prog)s %(version)s")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notices on stderr (results and errors "
+                                                  "still print); bars are drawn only on a terminal anyway.")
+def main(quiet):
     """k25ref: a readable, exact NumPy reference of Kimi K2.5 you can step through.
 
     \b
@@ -43,6 +47,8 @@ def main():
            k25ref inspect                  (what a checkpoint holds, from headers only)
            k25ref make-tiny /tmp/tiny      (write a random checkpoint in the released layout)
     """
+    from k25ref import progress
+    progress.quiet(quiet)
 
 
 model_option = click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=None,
@@ -62,13 +68,17 @@ def _open(model_dir, memory_budget=None):
     return model, Tokenizer.from_pretrained(path)
 
 
+FIRST_COMPILE = "about 20-35 s on 2 cores"     # `NUMBA_CACHE_DIR=$(mktemp -d) k25ref warmup` (docs/kernels.md)
+
+
 def _prepare_kernels():
     """Compile the Numba kernels (or load them from the cache) before the clock starts; say so if it takes long."""
     import threading
     from k25ref.kernels import warmup as compile_all
+    from k25ref.progress import notice as say
     done = threading.Event()
-    notice = threading.Timer(1.0, lambda: done.is_set() or click.echo(
-        "compiling kernels (first run only, about 15 s; `k25ref warmup` does it ahead)...", err=True))
+    notice = threading.Timer(2.0, lambda: done.is_set() or say(
+        f"compiling kernels (first run only, {FIRST_COMPILE}; `k25ref warmup` does it ahead)..."))
     notice.start()
     try:
         compile_all()
@@ -141,8 +151,8 @@ class TextStream:
               help="Memory for the model's weights, e.g. 4GB: one forward pass's working set (a layer's weights, the "
                    "chosen experts) plus a cache of the rest; the Python process adds ~0.3 GB (default: no limit).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
-              help="numba: the compiled kernels (fast; the first run compiles for ~15 s, then cached); numpy: the "
-                   "plain reference. Both give the same tokens.")
+              help=f"numba: the compiled kernels (fast; the first run compiles them, {FIRST_COMPILE}, then they are "
+                   "cached); numpy: the plain reference. Both give the same tokens.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
@@ -235,9 +245,11 @@ def format_stats(model, seconds, tokens):
 @click.option("--temp", "-t", default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
 @click.option("--seed", default=None, type=int, help="Seed for sampling.")
 def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
-    """An interactive multi-turn chat. Type /reset to forget the history, /exit (or Ctrl-D) to leave."""
+    """An interactive multi-turn chat, replies streamed as they are generated. Type /reset to forget the
+    history, /exit (or Ctrl-D) to leave."""
     from k25ref.chat import parse_output
     model, tok = _open(model_dir)
+    _prepare_kernels()
     history = [{"role": "system", "content": system}] if system else []
     while True:
         try:
@@ -254,13 +266,43 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         history.append({"role": "user", "content": line})
         ids = tok.apply_chat_template(history, thinking=think)
-        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
-        text = ("<think>" if think else "<think></think>") + tok.decode(new)
-        reply = parse_output(text)
-        if reply.reasoning and show_thinking:
-            click.secho(reply.reasoning.strip(), dim=True)
-        click.echo(reply.content.strip())
+        shown = ReplyOut(think, show_thinking)
+        out, new = TextStream(tok, shown), []
+        for token in model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"):
+            new.append(token)
+            out.write(token)
+        out.close()
+        shown.end()
+        reply = parse_output(("<think>" if think else "<think></think>") + tok.decode(new))
         history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
+
+
+class ReplyOut:
+    """Where chat's TextStream writes: reasoning dimmed (or hidden), then the reply, as the text arrives."""
+
+    def __init__(self, think, show_thinking):
+        from k25ref.chat import ReplySplitter
+        self.split, self.show_thinking, self.last = ReplySplitter(think), show_thinking, None
+
+    def write(self, text):
+        self._show(self.split.feed(text))
+
+    def flush(self):
+        sys.stdout.flush()
+
+    def end(self):
+        """The reply is over: its held-back tail, then a newline."""
+        self._show(self.split.close())
+        click.echo("")
+
+    def _show(self, pieces):
+        for part, piece in pieces:
+            if part == "reasoning" and not self.show_thinking:
+                continue
+            if self.last not in (None, part):
+                click.echo("")
+            click.secho(piece, dim=part == "reasoning", nl=False)
+            self.last = part
 
 
 @main.command()
@@ -284,13 +326,14 @@ def inspect(path):
 @click.argument("args", nargs=-1, required=True)
 @model_option
 def tokenize(args, model_dir):
-    """Show the ids and pieces of TEXT: `k25ref tokenize TEXT` or `k25ref tokenize DIR TEXT`."""
+    """Show the ids and pieces of TEXT: `k25ref tokenize TEXT` or `k25ref tokenize DIR TEXT` (TEXT '-' reads
+    stdin)."""
     from k25ref.tokenizer import Tokenizer
     if len(args) > 2:
         raise click.UsageError("give TEXT, or DIR TEXT (quote text with spaces)")
     folder = args[0] if len(args) == 2 else (model_dir or default_model_path())
     tok = Tokenizer.from_pretrained(folder)
-    ids = tok.encode(args[-1])
+    ids = tok.encode(_read_prompt(args[-1]) if args[-1] == "-" else args[-1])
     click.echo(f"{len(ids)} tokens")
     for i in ids:
         click.echo(f"{i:>8}  {tok.piece(i)}")
@@ -299,17 +342,32 @@ def tokenize(args, model_dir):
 @main.command("make-tiny")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", default="tiny", show_default=True,
-              help="tiny | tiny-plain | tiny-groups (random weights in the released layout).")
+              help="tiny | tiny-plain | tiny-groups (random weights in the released layout) | full-width (the "
+                   "real K2.5 tensor shapes, fewer layers and experts: several GB).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
-@click.option("--shards", default=2, show_default=True, help="Number of safetensors shards.")
-def make_tiny_cmd(out, preset, seed, shards):
-    """Write a small random checkpoint in exactly the released layout (for tests and experiments)."""
-    from k25ref.make_tiny import PRESETS, make_tiny
-    if preset not in PRESETS or preset == "full":
-        raise click.BadParameter(f"choose one of {sorted(p for p in PRESETS if p != 'full')}", param_hint="--preset")
-    if shards < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--shards")
-    make_tiny(out, preset, seed=seed, shards=shards)
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Number of safetensors shards, at most one per layer plus the parts outside the layers "
+                   "[default: 2; full-width: that most, like the release].")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="full-width only: text layers, the first dense (K2.5: 61) [default: 2].")
+@click.option("--experts", type=click.IntRange(min=8), default=None,
+              help="full-width only: routed experts, top-8 of them per token (K2.5: 384) [default: 8].")
+def make_tiny_cmd(out, preset, seed, shards, layers, experts):
+    """Write a random checkpoint in exactly the released layout, with a tokenizer (for tests and experiments)."""
+    from k25ref.make_tiny import PRESETS, check_free_space, full_width_bytes, make_full_width, make_tiny
+    choices = sorted(p for p in PRESETS if p != "full") + ["full-width"]
+    if preset not in choices:
+        raise click.BadParameter(f"choose one of {choices}", param_hint="--preset")
+    if preset != "full-width" and (layers or experts):
+        raise click.UsageError("--layers and --experts go with --preset full-width")
+    if preset == "full-width":
+        layers, experts = layers or 2, experts or 8
+        size = full_width_bytes(layers, experts)
+        click.echo(f"writing {size / 1e9:.1f} GB: K2.5's shapes with {layers} layer(s) and {experts} experts")
+        check_free_space(out, size)
+        make_full_width(out, layers, experts, seed=seed, shards=shards, progress=True)
+    else:
+        make_tiny(out, preset, seed=seed, shards=shards or 2)
     click.echo(f"wrote {out}")
 
 
@@ -321,16 +379,26 @@ def inspect_image(path, plot):
     """How MoonViT sees an image: original, resized and padded sizes, patch grid and token count."""
     from k25ref import media
     info = media.plot_patch_grid(path, plot) if plot else media.describe_image(path)
-    for key, value in info.items():
-        click.echo(f"{key:14} {value}")
+    (w, h), (rw, rh), (pw, ph), (t, gh, gw) = (info[k] for k in ("original_size", "resized_size", "padded_size",
+                                                                  "grid_thw"))
+    click.echo(f"original       {w} x {h} px (width x height)")
+    click.echo(f"resized        {rw} x {rh} px (width x height), to fit the patch limits")
+    click.echo(f"padded         {pw} x {ph} px (width x height), to whole 28 px merge groups")
+    click.echo(f"grid_thw       [{t}, {gh}, {gw}] (frames t, rows h, columns w of 14 px patches)")
+    click.echo(f"patches        {info['patches']} (h x w)")
+    click.echo(f"tokens         {info['tokens']} (one per 2 x 2 patch group)")
+    if plot:
+        click.echo(f"plot           {plot}")
 
 
 @main.command()
 def warmup():
     """Compile every Numba kernel now (or load it from the cache), so generation starts at once."""
     from k25ref.kernels import warmup as compile_all
-    for name, seconds in compile_all().items():
+    times = compile_all()
+    for name, seconds in times.items():
         click.echo(f"{name:18} {seconds:.2f} s")
+    click.echo(f"{'total':18} {sum(times.values()):.2f} s")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
