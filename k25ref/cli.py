@@ -36,7 +36,7 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", message="%(prog)s %(version)s")
+@click.version_option(__version__, "--version", "-V", message="k25ref %(version)s")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notices on stderr (results and errors "
                                                   "still print); bars are drawn only on a terminal anyway.")
 def main(quiet):
@@ -419,3 +419,7 @@ from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own com
 
 main.add_command(eval_nano)
 main.add_command(swarm)
+
+
+if __name__ == "__main__":                     # python -m k25ref.cli, as the installed `k25ref`
+    main(prog_name="k25ref")
