@@ -68,7 +68,7 @@ def _open(model_dir, memory_budget=None):
     return model, Tokenizer.from_pretrained(path)
 
 
-FIRST_COMPILE = "about 20-35 s on 2 cores"     # `NUMBA_CACHE_DIR=$(mktemp -d) k25ref warmup` (docs/kernels.md)
+FIRST_COMPILE = "about 20-40 s on 2 cores"     # `NUMBA_CACHE_DIR=$(mktemp -d) k25ref warmup` (docs/kernels.md)
 
 
 def _prepare_kernels():
