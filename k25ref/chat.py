@@ -490,6 +490,40 @@ def parse_output(text, thinking=True) -> AssistantOutput:
     return AssistantOutput(reasoning, content, tuple(calls), tuple(problems))
 
 
+class ReplySplitter:
+    """parse_output's reasoning/content split for a reply that arrives in pieces (streaming): feed text as it
+    is decoded, get back ("reasoning" | "content", text) pieces as soon as they are certain. A tail that may be
+    the start of </think> waits for the next piece; leading whitespace of each part is dropped, as the
+    stripped parse_output fields would be."""
+
+    def __init__(self, thinking=True):
+        self.part, self.pending, self.started = ("reasoning" if thinking else "content"), "", False
+
+    def feed(self, text) -> list[tuple[str, str]]:
+        self.pending += text
+        out = []
+        if self.part == "reasoning" and THINK_CLOSE in self.pending:
+            before, self.pending = self.pending.split(THINK_CLOSE, 1)
+            out += self._emit(before)
+            self.part, self.started = "content", False
+        keep = 0
+        if self.part == "reasoning":               # the longest tail that begins </think>
+            keep = next((k for k in range(len(THINK_CLOSE) - 1, 0, -1) if self.pending.endswith(THINK_CLOSE[:k])), 0)
+        ready, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out + self._emit(ready)
+
+    def close(self) -> list[tuple[str, str]]:
+        """The held-back tail, at the end of the reply."""
+        rest, self.pending = self.pending, ""
+        return self._emit(rest)
+
+    def _emit(self, text):
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        return [(self.part, text)] if text else []
+
+
 def _cut_at_stop(text, problems) -> str:
     """Generation stops at <|im_end|> [K25 §4.3]: drop it and anything after it."""
     stop = text.find(IM_END)

@@ -17,10 +17,10 @@ import re
 import struct
 
 import numpy as np
-from tqdm import tqdm
 
 from k25ref.errors import CheckpointError
 from k25ref.files import FileProblem, open_regular
+from k25ref.progress import bar
 
 MAX_HEADER_BYTES = 100_000_000          # the reference implementation's cap
 MAX_INDEX_BYTES = 100_000_000           # the same cap for model.safetensors.index.json (K2.5's is ~10 MB)
@@ -352,8 +352,7 @@ class Checkpoint:
             fail(self.folder, "no_weights", f"neither {INDEX_FILE} nor {SINGLE_FILE} found")
         self.files = {}
         shards = sorted(set(self.where.values())) if self.where is not None else [SINGLE_FILE]
-        for shard in tqdm(shards, desc="reading shard headers", unit="shard", disable=not progress or len(shards) < 2,
-                          leave=False):
+        for shard in bar(shards, desc="reading shard headers", unit="shard", disable=not progress):
             path = os.path.join(self.folder, shard)
             if not os.path.lexists(path):
                 fail(path, "missing_shard", "the index names this shard but it does not exist")

@@ -13,6 +13,7 @@ import time
 
 import click
 
+from k25ref import __version__
 from k25ref.errors import K25RefError, PromptError
 from k25ref.make_tiny import PRESETS
 from k25ref.model import default_model_path
@@ -71,7 +72,10 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.version_option(__version__, "--version", "-V", message="k25ref %(version)s")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notices on stderr (results and errors "
+                                                  "still print); bars are drawn only on a terminal anyway.")
+def main(quiet):
     """k25ref: a readable, exact NumPy reference of Kimi K2.5 you can step through.
 
     \b
@@ -79,6 +83,8 @@ def main():
            k25ref inspect                  (what a checkpoint holds, from headers only)
            k25ref make-tiny /tmp/tiny      (write a random checkpoint in the released layout)
     """
+    from k25ref import progress
+    progress.quiet(quiet)
 
 
 model_option = click.option("--model", "-m", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -98,13 +104,17 @@ def _open(model_dir, memory_budget=None):
     return model, tok
 
 
+FIRST_COMPILE = "about 20-40 s on 2 cores"     # `NUMBA_CACHE_DIR=$(mktemp -d) k25ref warmup` (docs/kernels.md)
+
+
 def _prepare_kernels():
     """Compile the Numba kernels (or load them from the cache) before the clock starts; say so if it takes long."""
     import threading
     from k25ref.kernels import warmup as compile_all
+    from k25ref.progress import notice as say
     done = threading.Event()
-    notice = threading.Timer(1.0, lambda: done.is_set() or click.echo(
-        "compiling kernels (first run only, about 15 s; `k25ref warmup` does it ahead)...", err=True))
+    notice = threading.Timer(2.0, lambda: done.is_set() or say(
+        f"compiling kernels (first run only, {FIRST_COMPILE}; `k25ref warmup` does it ahead)..."))
     notice.start()
     try:
         compile_all()
@@ -168,8 +178,8 @@ class TextStream:
               help="Memory for the model's weights, e.g. 4G, 4GB or 512MiB (G = 10^9, GiB = 2^30): one forward pass's working set (a layer's weights, the "
                    "chosen experts) plus a cache of the rest; the Python process adds ~0.3 GB (default: no limit).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
-              help="numba: the compiled kernels (fast; the first run compiles for ~15 s, then cached); numpy: the "
-                   "plain reference. Both give the same tokens.")
+              help=f"numba: the compiled kernels (fast; the first run compiles them, {FIRST_COMPILE}, then they are "
+                   "cached); numpy: the plain reference. Both give the same tokens.")
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -263,11 +273,13 @@ def format_stats(model, seconds, tokens):
 @click.option("--temp", "-t", default=0.0, show_default=True, type=Finite(0), help="Sampling temperature; 0 is greedy.")
 @click.option("--seed", default=None, type=SEED, help="Seed for sampling, 0 .. 2^63-1.")
 def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
-    """An interactive multi-turn chat. Type /reset to forget the history, /exit (or Ctrl-D) to leave.
+    """An interactive multi-turn chat, replies streamed as they are generated. Type /reset to forget the
+    history, /exit (or Ctrl-D) to leave.
 
     A line that is not UTF-8 or longer than 100,000 characters is refused on its own; the chat goes on."""
     from k25ref.chat import parse_output
     model, tok = _open(model_dir)
+    _prepare_kernels()
     history = [{"role": "system", "content": system}] if system else []
     while True:
         line = _chat_line()
@@ -286,17 +298,24 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         try:
             ids = tok.apply_chat_template(history + [{"role": "user", "content": line}], thinking=think)
-            new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
+            new = _stream_reply(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"), tok,
+                                ReplyOut(think, show_thinking))
         except PromptError as e:                        # this turn's error; the history stays as it was
             click.echo(f"k25ref: error: {e}", err=True)
             continue
         history.append({"role": "user", "content": line})
-        text = ("<think>" if think else "<think></think>") + tok.decode(new)
-        reply = parse_output(text)
-        if reply.reasoning and show_thinking:
-            click.secho(reply.reasoning.strip(), dim=True)
-        click.echo(reply.content.strip())
+        reply = parse_output(("<think>" if think else "<think></think>") + tok.decode(new))
         history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
+
+
+def _stream_reply(tokens, tok, shown):  # -> the reply's token ids, each shown as it arrives
+    out, new = TextStream(tok, shown), []
+    for token in tokens:
+        new.append(token)
+        out.write(token)
+    out.close()
+    shown.end()
+    return new
 
 
 def _chat_line(max_chars=MAX_CHAT_LINE):
@@ -328,6 +347,34 @@ def _chat_line(max_chars=MAX_CHAT_LINE):
     return text
 
 
+class ReplyOut:
+    """Where chat's TextStream writes: reasoning dimmed (or hidden), then the reply, as the text arrives."""
+
+    def __init__(self, think, show_thinking):
+        from k25ref.chat import ReplySplitter
+        self.split, self.show_thinking, self.last = ReplySplitter(think), show_thinking, None
+
+    def write(self, text):
+        self._show(self.split.feed(text))
+
+    def flush(self):
+        sys.stdout.flush()
+
+    def end(self):
+        """The reply is over: its held-back tail, then a newline."""
+        self._show(self.split.close())
+        click.echo("")
+
+    def _show(self, pieces):
+        for part, piece in pieces:
+            if part == "reasoning" and not self.show_thinking:
+                continue
+            if self.last not in (None, part):
+                click.echo("")
+            click.secho(piece, dim=part == "reasoning", nl=False)
+            self.last = part
+
+
 @main.command()
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 def inspect(path):
@@ -349,7 +396,8 @@ def inspect(path):
 @click.argument("args", nargs=-1, required=True)
 @model_option
 def tokenize(args, model_dir):
-    """Show the ids and pieces of TEXT: `k25ref tokenize TEXT` or `k25ref tokenize DIR TEXT`."""
+    """Show the ids and pieces of TEXT: `k25ref tokenize TEXT` or `k25ref tokenize DIR TEXT` (TEXT '-' reads
+    stdin)."""
     from k25ref.tokenizer import Tokenizer
     if len(args) > 2:
         raise click.UsageError("give TEXT, or DIR TEXT (quote text with spaces)")
@@ -357,7 +405,7 @@ def tokenize(args, model_dir):
     if not os.path.isdir(folder):
         raise click.BadParameter(f"folder {folder!r} does not exist", param_hint="DIR")
     tok = Tokenizer.from_pretrained(folder)
-    ids = tok.encode(args[-1])
+    ids = tok.encode(_read_prompt(args[-1]) if args[-1] == "-" else args[-1])
     click.echo(f"{len(ids)} tokens")
     for i in ids:
         click.echo(f"{i:>8}  {tok.piece(i)}")
@@ -365,19 +413,34 @@ def tokenize(args, model_dir):
 
 @main.command("make-tiny")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--preset", default="tiny", show_default=True, type=click.Choice(TINY_PRESETS),
-              help="Random weights in the released layout, of this size.")
+@click.option("--preset", default="tiny", show_default=True, type=click.Choice(TINY_PRESETS + ("full-width",)),
+              help="Random weights in the released layout: tiny | tiny-plain | tiny-groups, or full-width (the "
+                   "real K2.5 tensor shapes, fewer layers and experts: several GB).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for the random weights.")
-@click.option("--shards", default=2, show_default=True, type=click.IntRange(1, 999),
-              help="Number of safetensors shards.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Number of safetensors shards, at most one per layer plus the parts outside the layers "
+                   "[default: 2; full-width: that most, like the release].")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="full-width only: text layers, the first dense (K2.5: 61) [default: 2].")
+@click.option("--experts", type=click.IntRange(min=8), default=None,
+              help="full-width only: routed experts, top-8 of them per token (K2.5: 384) [default: 8].")
 @FORCE
-def make_tiny_cmd(out, preset, seed, shards, force):
-    """Write a small random checkpoint in exactly the released layout (for tests and experiments).
+def make_tiny_cmd(out, preset, seed, shards, layers, experts, force):
+    """Write a random checkpoint in exactly the released layout, with a tokenizer (for tests and experiments).
 
     OUT must be new or an empty folder; --force writes into a non-empty one, replacing the files it writes
     (each written under a temporary name and renamed, never through a symlink)."""
-    from k25ref.make_tiny import make_tiny
-    make_tiny(out, preset, seed=seed, shards=shards, force=force)
+    from k25ref.make_tiny import check_free_space, full_width_bytes, make_full_width, make_tiny
+    if preset != "full-width" and (layers or experts):
+        raise click.UsageError("--layers and --experts go with --preset full-width")
+    if preset == "full-width":
+        layers, experts = layers or 2, experts or 8
+        size = full_width_bytes(layers, experts)
+        click.echo(f"writing {size / 1e9:.1f} GB: K2.5's shapes with {layers} layer(s) and {experts} experts")
+        check_free_space(out, size)
+        make_full_width(out, layers, experts, seed=seed, shards=shards, progress=True, force=force)
+    else:
+        make_tiny(out, preset, seed=seed, shards=shards or 2, force=force)
     click.echo(f"wrote {out}")
 
 
@@ -395,16 +458,26 @@ def inspect_image(path, force, plot):
             info = media.plot_patch_grid(path, tmp)
     else:
         info = media.describe_image(path)
-    for key, value in info.items():
-        click.echo(f"{key:14} {value}")
+    (w, h), (rw, rh), (pw, ph), (t, gh, gw) = (info[k] for k in ("original_size", "resized_size", "padded_size",
+                                                                  "grid_thw"))
+    click.echo(f"original       {w} x {h} px (width x height)")
+    click.echo(f"resized        {rw} x {rh} px (width x height), to fit the patch limits")
+    click.echo(f"padded         {pw} x {ph} px (width x height), to whole 28 px merge groups")
+    click.echo(f"grid_thw       [{t}, {gh}, {gw}] (frames t, rows h, columns w of 14 px patches)")
+    click.echo(f"patches        {info['patches']} (h x w)")
+    click.echo(f"tokens         {info['tokens']} (one per 2 x 2 patch group)")
+    if plot:
+        click.echo(f"plot           {plot}")
 
 
 @main.command()
 def warmup():
     """Compile every Numba kernel now (or load it from the cache), so generation starts at once."""
     from k25ref.kernels import warmup as compile_all
-    for name, seconds in compile_all().items():
+    times = compile_all()
+    for name, seconds in times.items():
         click.echo(f"{name:18} {seconds:.2f} s")
+    click.echo(f"{'total':18} {sum(times.values()):.2f} s")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -427,5 +500,5 @@ main.add_command(eval_nano)
 main.add_command(swarm)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":                     # python -m k25ref.cli, as the installed `k25ref`
+    main(prog_name="k25ref")

@@ -5,6 +5,7 @@ tensors, INT4 routed experts (packed int32 + bf16 scales + weight_shape), float3
 Presets are hub-format config dicts. Random weights are scaled so activations stay O(1) through the layers,
 and norm weights and biases are never the trivial ones/zeros, so a forgotten weight fails a test.
 """
+import base64
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from k25ref.config import from_hf
 from k25ref.errors import K25RefError
 from k25ref.files import atomic_open, atomic_path
 from k25ref.int4 import quantize
+from k25ref.progress import bar
 from k25ref.weights import TEXT, expected_tensors
 
 N_SPECIAL = 256                     # reserved special ids after the base vocabulary
@@ -214,6 +216,19 @@ def prepare_folder(out, force):
                           "pass --force (force=True) to write into it")
 
 
+def max_shards(cfg):
+    """The most shards `shard_of` fills: one per layer, plus embeddings/norm/head and, with a vision tower, the
+    projector and the tower (more would leave shards empty)."""
+    return cfg.text.num_hidden_layers + (3 if cfg.vision is not None else 1)
+
+
+def _check_shards(cfg, shards):
+    if not 1 <= shards <= max_shards(cfg):
+        raise K25RefError(f"--shards {shards}: this checkpoint fills 1 to {max_shards(cfg)} (one per layer, "
+                          f"{cfg.text.num_hidden_layers}, plus {max_shards(cfg) - cfg.text.num_hidden_layers} "
+                          "for the tensors outside the layers)")
+
+
 def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=True, scale_dtype="BF16",
               force=True):
     """Write a random checkpoint of `preset_name` (or of the hub dict `config`) into folder `out`; INT4 scales
@@ -221,6 +236,7 @@ def make_tiny(out, preset_name="tiny", seed=0, shards=2, config=None, tokenizer=
     CLI's default; the library keeps its old contract of writing over a checkpoint folder)."""
     hub = config if config is not None else preset(preset_name)
     cfg = from_hf(hub)
+    _check_shards(cfg, shards)
     prepare_folder(out, force)
     rng = np.random.default_rng(seed)
     groups = [[] for _ in range(shards)]
@@ -247,17 +263,33 @@ def _write_index_and_config(out, total, weight_map, hub):
 
 
 def copy_tokenizer(out, vocab):
-    """Ship the project's trained tokenizer with the checkpoint when its vocabulary size fits."""
+    """Ship the project's trained tokenizer with the checkpoint, fitted to its vocabulary: `vocab - 256` BPE
+    ranks, then the 256 special ids, as the release lays them out (so `generate` and `chat` run on every preset).
+
+    The trained size (3 840 ranks) is copied as is. A smaller vocabulary keeps the first ranks: the 256 single
+    bytes and the earliest merges are still a complete byte-level BPE. A larger one (K2.5's 163 840) appends
+    filler tokens that UTF-8 text never produces (they begin with byte 0xF8), so every id exists and text
+    encodes exactly as under the trained ranks. Under 512 ids there is no room for the bytes: no tokenizer.
+    """
     src = os.path.join(ASSETS, "tokenizer")
-    cfg_file = os.path.join(src, "tokenizer_config.json")
-    if not os.path.exists(cfg_file):
-        return
     with open(os.path.join(src, "tiktoken.model")) as f:
-        n_base = sum(1 for line in f if line.strip())
-    if n_base + N_SPECIAL == vocab:
+        ranks = [line for line in f.read().splitlines() if line.strip()]        # "base64 rank", rank order
+    n = vocab - N_SPECIAL
+    if n < 256:
+        return
+    if n == len(ranks):
         for name in os.listdir(src):
             with atomic_path(os.path.join(out, name)) as tmp:
                 shutil.copyfile(os.path.join(src, name), tmp)
+        return
+    filler = (base64.b64encode(b"\xf8" + i.to_bytes(3, "big")).decode() for i in range(len(ranks), n))
+    with atomic_open(os.path.join(out, "tiktoken.model")) as f:
+        f.write("\n".join(ranks[:n] + [f"{token} {i}" for i, token in zip(range(len(ranks), n), filler)]) + "\n")
+    with open(os.path.join(src, "tokenizer_config.json")) as f:
+        config = json.load(f)
+    config["added_tokens_decoder"] = {str(int(k) - len(ranks) + n): v for k, v in config["added_tokens_decoder"].items()}
+    with atomic_open(os.path.join(out, "tokenizer_config.json")) as f:
+        json.dump(config, f, indent=2)
 
 
 # ----------------------------------------------------------------------------
@@ -316,25 +348,52 @@ def _synthetic_entries(cfg, seed):
             yield name, "BF16", shape, pools.bf16(n, *init_scale(name, shape))
 
 
-def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False):
+def full_width_bytes(layers, experts):
+    """Bytes of tensor data `make_full_width(layers=, experts=)` writes (from the shapes; nothing is drawn)."""
+    cfg = from_hf(full_width_config(layers, experts))
+    return sum(int(np.prod(shape)) * DTYPES[dtypes[0]][1] for dtypes, shape in expected_tensors(cfg).values())
+
+
+def check_free_space(out, nbytes):
+    """K25RefError unless the disk that would hold folder `out` has `nbytes` free."""
+    where = os.path.abspath(out)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    if free < nbytes:
+        raise K25RefError(f"{out}: the checkpoint needs {nbytes / 1e9:.1f} GB, the disk has {free / 1e9:.1f} GB free")
+
+
+def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False, force=True):
     """Write a synthetic checkpoint with the real K2.5 tensor shapes (hidden 7168, MLA 1536/512/64 heads,
     experts of 2048 in INT4 with bf16 scales, vocab 163840, the full vision tower) for `layers` layers and
-    `experts` routed experts, in the released layout; one shard per layer plus three, like the release.
-    With layers=61, experts=384 its index lists exactly the real checkpoint's tensor names and shapes."""
-    from tqdm import tqdm
+    `experts` routed experts, in the released layout, with the project's tokenizer padded to the real vocabulary;
+    one shard per layer plus three, like the release. With layers=61, experts=384 its index lists exactly the
+    real checkpoint's tensor names and shapes. progress: a bar over the bytes written."""
     hub = full_width_config(layers, experts)
     cfg = from_hf(hub)
-    shards = shards or layers + 3
-    os.makedirs(out, exist_ok=True)
+    shards = shards or max_shards(cfg)
+    _check_shards(cfg, shards)
+    prepare_folder(out, force)
     groups = [[] for _ in range(shards)]
     for entry in _synthetic_entries(cfg, seed):
         groups[shard_of(entry[0], cfg, shards)].append(entry)
     weight_map, total = {}, 0
-    for k, group in enumerate(tqdm(groups, desc="writing shards", unit="shard", disable=not progress)):
-        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        write_shard(os.path.join(out, file), group)
-        for name, dtype, shape, _ in group:
-            weight_map[name] = file
-            total += int(np.prod(shape)) * DTYPES[dtype][1]
+    with bar(total=full_width_bytes(layers, experts), desc="writing", unit="B", unit_scale=True,
+             disable=not progress) as written:
+        for k, group in enumerate(groups):
+            file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+            write_shard(os.path.join(out, file), [(n, d, s, _ticking(c, written)) for n, d, s, c in group])
+            for name, dtype, shape, _ in group:
+                weight_map[name] = file
+                total += int(np.prod(shape)) * DTYPES[dtype][1]
     _write_index_and_config(out, total, weight_map, hub)
+    copy_tokenizer(out, cfg.text.vocab_size)
     return out
+
+
+def _ticking(chunks, written):
+    """The chunks, each counted on the progress bar once written."""
+    for chunk in chunks:
+        yield chunk
+        written.update(chunk.nbytes)

@@ -84,8 +84,19 @@ def _decoding(what):
             raise MediaError(f"{what}: refused by Pillow's decompression-bomb guard ({exc}); "
                              "raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels to accept it") from exc
         except Exception as exc:  # noqa: BLE001 -- decoder boundary, see docstring
-            reason = (str(exc).strip().splitlines() or [""])[0][:200]  # ffmpeg appends pages of stderr
-            raise MediaError(f"{what}: cannot decode ({type(exc).__name__}: {reason})") from exc
+            root = _root_cause(exc)          # imageio wraps ffmpeg's own complaint in "can not handle the uri"
+            reason = (str(root).strip().splitlines() or [""])[0][:200]  # ffmpeg appends pages of stderr
+            raise MediaError(f"{what}: cannot decode: damaged, truncated or unsupported file "
+                             f"({type(root).__name__}: {reason})") from exc
+
+
+def _root_cause(exc):
+    """The innermost exception of a chain (what the decoder itself said)."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
 
 
 def _regular_file(path, role="image"):

@@ -32,6 +32,7 @@ import numpy as np
 from k25ref.config import KimiK25Config, VisionConfig
 from k25ref.errors import ConfigError, MediaError
 from k25ref.nn import gelu_erf, gelu_tanh, layer_norm, softmax
+from k25ref.progress import bar
 from k25ref.rope import apply_rope_interleaved
 
 TOWER = "vision_tower."
@@ -301,7 +302,7 @@ def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
     bounds = segments(grid)
     if capture is not None:
         capture["vision.embed"] = h
-    for b in range(v.num_hidden_layers):
+    for b in bar(range(v.num_hidden_layers), desc=f"vision encoder ({x.shape[0]} patches)", unit="block"):
         h = vision_block(h, VisionBlockWeights.load(W, b), v, cos, sin, bounds, backend)   # (N, Dvis)
         if capture is not None:
             capture[f"vision.blocks.{b}"] = h

@@ -27,6 +27,7 @@ from k25ref.errors import K25RefError
 from k25ref.files import atomic_open
 from k25ref.options import FORCE, SEED, OutputFile
 from k25ref.multimodal import expand_placeholders
+from k25ref.progress import bar
 
 NANO_PATH = os.path.join(os.path.dirname(__file__), "assets", "nano")
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "tinyshakespeare")
@@ -66,7 +67,7 @@ def text_losses(model, tok, window=128, max_tokens=None, data_dir=DATA):
         held = held[:max_tokens + 1]
     uni = unigram_logprobs(train, model.cfg.text.vocab_size)
     model_nll, targets = [], []
-    for start in range(0, len(held) - 1, window):
+    for start in bar(range(0, len(held) - 1, window), desc="held-out text", unit="window"):
         ids = held[start:start + window + 1]
         if len(ids) < 2:
             break
@@ -106,7 +107,7 @@ def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3):
     """Caption `n` fresh images or videos; -> exact-match rate, per-attribute accuracy, a few examples."""
     rng = np.random.default_rng([seed, 0 if kind == "image" else 1])
     totals, exact, shown = {}, 0, []
-    for _ in range(n):
+    for _ in bar(range(n), desc=f"{kind} captions", unit=kind):
         if kind == "image":
             image, truth_text, truth = shapes.random_image(rng)
             got = caption_image(model, tok, image)

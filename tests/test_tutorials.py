@@ -115,3 +115,52 @@ def test_every_figure_shown_in_docs_is_made_by_a_command():
         assert (DOCS / "figures" / name).exists(), f"docs show figures/{name}, which is not committed"
         assert name in sources, f"figures/{name}: no tutorial or tool names it, so no command remakes it"
         assert (DOCS / "figures" / name).stat().st_size < 300_000, f"figures/{name} is too large for the repository"
+
+
+# ----------------------------------------------------------------------------
+# the tutorials as notebooks (the `tutorials` extra: jupytext, ipykernel, nbconvert)
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
+def test_tutorial_converts_to_a_notebook(path):
+    """`jupytext --to ipynb` gives a valid notebook of markdown and code cells that converts back to the same file."""
+    jupytext = pytest.importorskip("jupytext")
+    import nbformat
+    notebook = jupytext.read(path)
+    nbformat.validate(notebook)
+    kinds = {cell.cell_type for cell in notebook.cells}
+    assert kinds == {"markdown", "code"}, kinds
+    body = lambda text: text[text.index("# ---\n", 5) + 6:]          # noqa: E731  (below the jupytext header)
+    assert body(jupytext.writes(notebook, fmt="py:percent")) == body(path.read_text(encoding="utf-8"))
+
+
+def test_a_tutorial_runs_as_a_notebook(tmp_path):
+    """The README's command: convert and execute 03 as a notebook; its cells run and its figure is drawn."""
+    for module in ("jupytext", "nbconvert", "ipykernel"):
+        pytest.importorskip(module)
+    import nbformat
+    source = ROOT / "tutorials" / "03_mla.py"
+    out = tmp_path / "03_mla.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--execute", "--output", str(out),
+                           str(source)], cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True,
+                          text=True, timeout=LIMIT_SECONDS * 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notebook = nbformat.read(out, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.execution_count for cell in code), "every code cell ran"
+    assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert (tmp_path / "k25ref-figures" / "03_cache_bytes.png").stat().st_size > 5000
+
+
+def test_without_figures_a_tutorial_says_where_they_went_and_leaves_no_temporary_folder(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "TMPDIR": str(tmp)}
+    env.pop("K25REF_FIGURES", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "02_rmsnorm_rope_yarn.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=LIMIT_SECONDS * 3)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = tmp_path / "k25ref-figures"
+    assert f"figures go to {folder}" in proc.stdout
+    assert list(folder.glob("02_*.png"))
+    assert list(tmp.iterdir()) == []

@@ -38,6 +38,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from k25ref.progress import bar, quiet  # noqa: E402
 
 PREFILL, DECODE = 128, 64
 SHAPES = {   # text-decoder hub keys laid over the "tiny" preset (vision removed)
@@ -297,6 +298,23 @@ def best_vision(runs):
     return {k: (min(r[k] for r in ok) if k != "engine" else v) for k, v in ok[0].items()}
 
 
+def usable_engines(asked, say=True):
+    """The engines of `asked` this machine can run; the oracle ones need torch and transformers (a note on
+    stderr says when they are skipped; with nothing left to run, an error)."""
+    if have_oracle():
+        return asked
+    skipped = [e for e in asked if e.startswith("oracle")]
+    if skipped and say:
+        print(f"bench: skipping {', '.join(skipped)}: torch and transformers are not installed "
+              "(pip install -e '.[oracle]')", file=sys.stderr)
+    left = [e for e in asked if e not in skipped]
+    if not left:
+        print("bench: no engine left to run: install the oracle extra or ask for k25ref-numpy or k25ref-numba",
+              file=sys.stderr)
+        sys.exit(2)
+    return left
+
+
 def have_oracle():
     try:
         import torch  # noqa: F401
@@ -489,12 +507,19 @@ def profile(name, workdir, n=16):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="tiny,small", help=f"comma-separated, of: {', '.join(SHAPES)}")
-    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
-    ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "k25ref-bench"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeat", type=int, default=2, help="runs per engine, round robin; the best is kept")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="A progress bar on stderr counts the runs (on a terminal; -q hides it).")
+    ap.add_argument("--configs", default="tiny,small", help=f"comma-separated, of: {', '.join(SHAPES)} "
+                                                            "(default: %(default)s)")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)} "
+                    "(default: all; the oracle ones need torch and transformers: pip install -e '.[oracle]')")
+    ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "k25ref-bench"),
+                    help="where the checkpoints are written once and reused (default: $TMPDIR/k25ref-bench)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads for numba, torch and BLAS (default: all cores)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per engine, round robin; the best is kept "
+                                                          "(default: %(default)s)")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ap.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     ap.add_argument("--markdown", action="store_true", help="docs/performance.md on stdout")
     ap.add_argument("--no-vision", action="store_true", help="skip the vision encode benchmark")
@@ -529,7 +554,9 @@ def main():
     if unknown:
         ap.error(f"unknown engine or config {', '.join(unknown)}; engines: {', '.join(ENGINES)}; "
                  f"configs: {', '.join(SHAPES)}")
-    engines = [e for e in a.engines.split(",") if have_oracle() or not e.startswith("oracle")]
+    engines = usable_engines(a.engines.split(","))
+    if a.quiet:
+        quiet()
     versions = {"numpy": np.__version__, "python": platform.python_version()}
     for mod in ("numba", "torch", "transformers"):
         try:
@@ -539,20 +566,31 @@ def main():
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": a.threads,
               "versions": versions, "results": {}}
     report["repeat"] = a.repeat
-    for name in a.configs.split(","):
-        path = build(name, a.workdir)
-        runs = [{e: run_worker(e, path, a.threads) for e in engines} for _ in range(a.repeat)]   # round robin
-        report["results"][name] = {e: best_run([r[e] for r in runs]) for e in engines}
-        print(f"[{name} done]", file=sys.stderr)
-    if not a.no_vision:
-        engines_v = [e for e in VISION_ENGINES if have_oracle() or not e.startswith("oracle")]
-        build_vision(a.workdir)
-        runs = [{e: run_worker(e, "vision", a.threads, a.workdir) for e in engines_v} for _ in range(a.repeat)]
-        report["vision"] = {e: best_vision([r[e] for r in runs]) for e in engines_v}
-        print("[vision done]", file=sys.stderr)
-    report["matvec"] = run_worker("matvec", "-", a.threads)
-    report["jit_first"], report["startup_uncached_s"] = first_compile_seconds(a.threads)
-    report["startup_cached_s"] = startup_seconds(a.threads)
+    configs = a.configs.split(",")
+    engines_v = [] if a.no_vision else usable_engines(VISION_ENGINES, say=False)
+    steps = bar(total=len(configs) * (1 + len(engines) * a.repeat) + len(engines_v) * a.repeat + 3, unit="step",
+                delay=0)
+
+    def step(what, fn, *args):
+        steps.set_description(what)
+        result = fn(*args)
+        steps.update()
+        return result
+
+    with steps:
+        for name in configs:
+            path = step(f"{name}: building", build, name, a.workdir)
+            runs = [{e: step(f"{name}: {e}", run_worker, e, path, a.threads) for e in engines}
+                    for _ in range(a.repeat)]                                                      # round robin
+            report["results"][name] = {e: best_run([r[e] for r in runs]) for e in engines}
+        if engines_v:
+            build_vision(a.workdir)
+            runs = [{e: step(f"vision: {e}", run_worker, e, "vision", a.threads, a.workdir) for e in engines_v}
+                    for _ in range(a.repeat)]
+            report["vision"] = {e: best_vision([r[e] for r in runs]) for e in engines_v}
+        report["matvec"] = step("INT4 matvec", run_worker, "matvec", "-", a.threads)
+        report["jit_first"], report["startup_uncached_s"] = step("first compile", first_compile_seconds, a.threads)
+        report["startup_cached_s"] = step("cached start", startup_seconds, a.threads)
     if a.json:
         print(json.dumps(report, indent=2))
     elif a.markdown:

@@ -3,7 +3,7 @@
     python tools/make_doc_figures.py                  # all of the below
     python tools/make_doc_figures.py tutorials        # run tutorials/NN_*.py with --figures docs/figures
     python tools/make_doc_figures.py architecture     # docs/figures/architecture.png
-    python tools/make_doc_figures.py cli              # docs/cli.md: every command, run for real, output captured
+    python tools/make_doc_figures.py cli              # docs/cli.md (tools/make_cli_docs.py)
     python tools/make_doc_figures.py anchors          # docs links `name`(../k25ref/x.py#Ln): update n to name's line
 
 Figures named NN_*.png are drawn by tutorial NN (one source for the tutorial and the docs); architecture.png is
@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,90 +124,12 @@ def architecture(path=None):
 
 
 # ----------------------------------------------------------------------------
-# docs/cli.md: every command, run for real
+# docs/cli.md: tools/make_cli_docs.py writes it
 
 
-def _k25ref(args, stdin=None):
-    """Run `k25ref ARGS` in a fresh interpreter; return (exit code, stdout, stderr)."""
-    code = "import sys; from k25ref.cli import main; sys.exit(main(sys.argv[1:], prog_name=\"k25ref\"))"
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
-                          env={**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "100"})
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def _progress_free(text):
-    """Drop tqdm's progress lines (they redraw with carriage returns) from captured stderr."""
-    bar = re.compile(r"\|\s*\d+/\d+ \[")
-    return "\n".join(line for line in text.replace("\r", "\n").splitlines() if line.strip() and not bar.search(line))
-
-
-def _examples(tmp):
-    """(heading, why, args, stdin) for each example run; run in this order (make-tiny before its users)."""
-    tiny = os.path.join(tmp, "tiny")
-    return [
-        ("make-tiny", "A random checkpoint in the released layout (the image example below uses it).",
-         ["make-tiny", tiny, "--preset", "tiny", "--shards", "2"], None),
-        ("generate", "The embedded model continues a prompt, greedy by default. Text goes to stdout, speed to stderr.",
-         ["generate", "ROMEO:", "-n", "24"], None),
-        ("generate --raw --stats --max-memory", "No chat template, a 10 MB budget (the checkpoint is 7.8 MB; one "
-         "forward pass's working set takes 7.5 MB of the budget, the rest caches weights), and the streaming counters.",
-         ["generate", "--raw", "To be, or not to be", "-n", "12", "--stats", "--max-memory", "10MB"], None),
-        ("generate --image", "An image before the prompt (needs a checkpoint with a vision tower: the tiny preset).",
-         ["generate", "-m", tiny, "--image", "examples/red_circle.png", "What is this?", "-n", "8"], None),
-        ("chat", "A multi-turn chat on stdin; /exit leaves.", ["chat", "-n", "12"], "Who art thou?\n/exit\n"),
-        ("inspect", "What a checkpoint holds, from headers only (here: the embedded model).", ["inspect"], None),
-        ("tokenize", "Ids and pieces of a text under the embedded tokenizer.", ["tokenize", "Wherefore art thou?"], None),
-        ("inspect-image", "How MoonViT sees an image: sizes, grid and token count.",
-         ["inspect-image", "examples/red_circle.png"], None),
-        ("swarm run", "One toy Agent Swarm episode (docs/swarm.md).", ["swarm", "run", "wide", "--quick", "-K", "8"], None),
-        ("swarm demo", "PARL in miniature: serial collapse with r_perf alone, parallelism with r_parallel.",
-         ["swarm", "demo", "--iterations", "100"], None),
-        ("errors", "Bad input is one line on stderr and an exit code, never a traceback.",
-         ["generate", "-m", os.path.join(tmp, "no-such-folder")], None),
-    ]
-
-
-def _block(text, limit=40):
-    lines = text.rstrip("\n").splitlines()
-    if len(lines) > limit:
-        lines = lines[:limit - 3] + ["...", f"({len(lines) - limit + 3} more lines)"] + lines[-1:]
-    return "```\n" + "\n".join(lines) + "\n```\n"
-
-
-def cli(path=None):
-    """Write docs/cli.md from `k25ref --help`, each command's --help, and the example runs, all captured here."""
-    from k25ref.cli import main
-    path = path or os.path.join(DOCS, "cli.md")
-    out = ["# The `k25ref` command line\n",
-           "Every command below was run by `python tools/make_doc_figures.py cli`, which wrote this page; the "
-           "outputs are real (timings are from the machine that ran it). The embedded model is the trained "
-           "Kimi-K2.5-nano ([nano.md](nano.md)): 6.4 M parameters, so its text is Shakespeare-shaped rather than "
-           "sensible. Edit the tool, not this page.\n",
-           "The commands are thin wrappers over library calls: [`k25ref/cli.py`](../k25ref/cli.py), and "
-           "[`k25ref/swarm/cli.py`](../k25ref/swarm/cli.py) for `k25ref swarm`.\n",
-           "Exit codes: 0 ok, 1 the system refused a read or write, 2 bad input or usage, 3 config, 4 checkpoint, "
-           "5 media, 6 prompt, 7 numerics ([`k25ref/errors.py`](../k25ref/errors.py), [trust.md](trust.md)); "
-           "130 on Ctrl-C.\n",
-           "## `k25ref --help`\n", _block(_k25ref(["--help"])[1])]
-    out.append("## Commands\n")
-    commands = [(name, cmd) for name, cmd in sorted(main.commands.items())]
-    for name, cmd in commands:
-        subs = sorted(getattr(cmd, "commands", {}))
-        for args in [[name]] + [[name, s] for s in subs]:
-            out += [f"### `k25ref {' '.join(args)} --help`\n", _block(_k25ref(args + ["--help"])[1], limit=60)]
-    out.append("## Examples, run for real\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        for heading, why, args, stdin in _examples(tmp):
-            code, stdout, stderr = _k25ref(args, stdin)
-            shown = " ".join(a if " " not in a else repr(a) for a in args).replace(tmp, "/tmp/k25ref-docs")
-            text = (stdout + ("\n[stderr]\n" + _progress_free(stderr) if _progress_free(stderr) else "")).replace(
-                tmp, "/tmp/k25ref-docs")
-            out += [f"### {heading}\n", why + "\n", f"`k25ref {shown}`" + (f" (stdin: `{stdin!r}`)" if stdin else "")
-                    + f" -> exit code {code}\n", _block(text)]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(out))
-    print(f"wrote {os.path.relpath(path, ROOT)} ({len(commands)} commands)")
-    return path
+def cli():
+    """docs/cli.md, every --help and example captured (`python tools/make_cli_docs.py`)."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_cli_docs.py")], check=True)
 
 
 # ----------------------------------------------------------------------------

@@ -27,7 +27,6 @@
 # %%
 import os
 import sys
-import tempfile
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -37,8 +36,9 @@ from k25ref.nn import rms_norm
 from k25ref.rope import apply_rope_interleaved, cos_sin, inv_frequencies, softmax_scale
 
 FIGURES = os.environ.get("K25REF_FIGURES") or (
-    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else tempfile.mkdtemp(prefix="k25ref-"))
+    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else "k25ref-figures")
 os.makedirs(FIGURES, exist_ok=True)
+print(f"figures go to {os.path.abspath(FIGURES)} (--figures DIR or K25REF_FIGURES=DIR chooses)")
 rng = np.random.default_rng(0)
 
 # %% [markdown]

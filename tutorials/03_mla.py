@@ -25,7 +25,6 @@
 # %%
 import os
 import sys
-import tempfile
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -36,8 +35,9 @@ from k25ref.mla import LatentCache, attend_absorbed, attend_naive, mla, project
 from k25ref.summary import cache_bytes_per_token
 
 FIGURES = os.environ.get("K25REF_FIGURES") or (
-    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else tempfile.mkdtemp(prefix="k25ref-"))
+    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else "k25ref-figures")
 os.makedirs(FIGURES, exist_ok=True)
+print(f"figures go to {os.path.abspath(FIGURES)} (--figures DIR or K25REF_FIGURES=DIR chooses)")
 rng = np.random.default_rng(0)
 
 # %% [markdown]

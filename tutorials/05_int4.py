@@ -24,7 +24,6 @@
 # %%
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -34,8 +33,9 @@ from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.int4 import Int4Weight, dequantize, linear, pack, quantize, unpack
 
 FIGURES = os.environ.get("K25REF_FIGURES") or (
-    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else tempfile.mkdtemp(prefix="k25ref-"))
+    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else "k25ref-figures")
 os.makedirs(FIGURES, exist_ok=True)
+print(f"figures go to {os.path.abspath(FIGURES)} (--figures DIR or K25REF_FIGURES=DIR chooses)")
 rng = np.random.default_rng(0)
 
 # %% [markdown]

@@ -38,8 +38,9 @@ from k25ref.multimodal import count_media_tokens
 from k25ref.projector import temporal_merge
 
 FIGURES = os.environ.get("K25REF_FIGURES") or (
-    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else tempfile.mkdtemp(prefix="k25ref-"))
+    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else "k25ref-figures")
 os.makedirs(FIGURES, exist_ok=True)
+print(f"figures go to {os.path.abspath(FIGURES)} (--figures DIR or K25REF_FIGURES=DIR chooses)")
 
 # %% [markdown]
 # ## An image becomes patches

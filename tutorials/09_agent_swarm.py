@@ -28,7 +28,6 @@
 # %%
 import os
 import sys
-import tempfile
 
 from matplotlib.figure import Figure
 
@@ -38,8 +37,9 @@ from k25ref.swarm.plots import gantt
 from k25ref.swarm.tasks import make_task
 
 FIGURES = os.environ.get("K25REF_FIGURES") or (
-    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else tempfile.mkdtemp(prefix="k25ref-"))
+    sys.argv[sys.argv.index("--figures") + 1] if "--figures" in sys.argv else "k25ref-figures")
 os.makedirs(FIGURES, exist_ok=True)
+print(f"figures go to {os.path.abspath(FIGURES)} (--figures DIR or K25REF_FIGURES=DIR chooses)")
 
 # %% [markdown]
 # ## Critical steps by hand

@@ -8,7 +8,7 @@ from __future__ import annotations
 from k25ref.swarm.events import Trace
 
 _OUTCOME_COLORS = {"ok": "tab:green", "not_found": "tab:olive", "bad_args": "tab:red",
-                   "transient": "tab:orange", "timeout": "tab:red"}
+                   "transient": "tab:orange", "timeout": "tab:purple"}
 _STATUS_COLORS = {"finished": "#dbe9f6", "cancelled": "#eeeeee", "timeout": "#f8d7d7", "max_steps": "#fbe5c8"}
 
 
@@ -22,7 +22,16 @@ def _figure(width: float, height: float):
 
 def gantt(trace: Trace, path: str, title: str = "") -> str:
     """One lane per agent (orchestrator on top): its sub-agent lifetime as a pale band, model
-    generations as dark bars, tool calls as thin bars below them coloured by outcome."""
+    generations as dark bars, tool calls as thin bars below them coloured by outcome; a legend names
+    each colour present. Saved as a PNG at `path`."""
+    gantt_figure(trace, title).savefig(path, dpi=110)
+    return path
+
+
+def gantt_figure(trace: Trace, title: str = ""):
+    """The Gantt chart of `gantt` as a matplotlib Figure."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     lanes = ["main"] + [s["name"] for s in trace.subagents if s["name"] != "main"]
     lanes = list(dict.fromkeys(lanes))
     y = {name: i for i, name in enumerate(lanes)}
@@ -45,9 +54,15 @@ def gantt(trace: Trace, path: str, title: str = "") -> str:
     ax.set_xlabel("virtual wall time (ticks)")
     ax.set_title(title or "timeline: model steps (blue), tool calls (thin, by outcome), sub-agents (bands)",
                  fontsize=9)
+    present = {(s["kind"] if s["kind"] in ("subagent", "llm") else "tool", s["outcome"]) for s in trace.spans}
+    handles = [Patch(color="tab:blue", label="model step")] if any(k == "llm" for k, _ in present) else []
+    handles += [Patch(color=c, alpha=0.6, label=f"tool call: {o}") for o, c in _OUTCOME_COLORS.items()
+                if ("tool", o) in present]
+    handles += [Patch(color=c, label=f"sub-agent: {o}") for o, c in _STATUS_COLORS.items() if ("subagent", o) in present]
+    handles.append(Line2D([], [], color="black", lw=0.8, ls="--", label="end of episode"))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.005, 1), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def quality_vs_time(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "") -> str:
