@@ -10,7 +10,8 @@ Three numbers, each against a baseline that a model which does not look would re
 
 2. Image captions: `n_images` fresh images (a seed the trainer never uses), prompt "Describe the image."
    through the real chat template (thinking off), greedy decoding; exact-match rate and per-attribute
-   accuracy (colour, shape, position), objects compared in caption order.
+   accuracy (colour, shape, position), objects compared in caption order, and how many captions are in
+   the grammar the prompt asks for (positions for an image, directions for a video).
 3. Video captions: the same for `n_videos` fresh clips (colour, shape, direction), "Describe the video.",
    with single-chunk clips (at most 4 frames after 2 fps sampling) also reported on their own.
 
@@ -127,6 +128,13 @@ def draw(kind, generator, rng, folder):
     return (path, None), text, objects
 
 
+def in_grammar_of(text, kind):
+    """Whether a caption is in the grammar of its prompt: every object "in the <position>" for an image,
+    every object "moving <direction>" for a video."""
+    objects = shapes.parse_caption(text)
+    return bool(objects) and all(bool(o.direction) == (kind == "video") for o in objects)
+
+
 class Tally:
     """Exact matches and per-attribute hits of scored captions."""
 
@@ -158,7 +166,7 @@ def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3, generator=
             else:
                 content, pv, grid = video_prompt(*sample)
                 got = describe(model, tok, content, pv, grid)
-            score = shapes.score_caption(got, truth)
+            score = {**shapes.score_caption(got, truth), "grammar": [int(in_grammar_of(got, kind)), 1]}
             total.add(score)
             if kind == "video":
                 by_chunks["single-chunk" if len(grid) == 1 else "multi-chunk"].add(score)

@@ -80,6 +80,14 @@ def test_score_caption():
     assert shapes.parse_caption("a red circle moving sideways") is None
 
 
+def test_captions_are_checked_against_the_grammar_the_prompt_asks_for():
+    from k25ref.nano_eval import in_grammar_of
+    assert in_grammar_of("a red circle moving left", "video") and not in_grammar_of("a red circle moving left", "image")
+    assert in_grammar_of("a red circle in the center", "image") and not in_grammar_of("a red circle in the center", "video")
+    assert not in_grammar_of("a red circle moving left and a blue square in the center", "video")
+    assert not in_grammar_of("the sky", "image")
+
+
 # ----------------------------------------------------------------------------
 # the shipped checkpoint, run by k25ref
 

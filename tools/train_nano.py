@@ -530,7 +530,11 @@ def train(args):
         probe.load_state_dict(torch.load(args.probe_file))
     trained = [model.model.vision_tower, model.model.mm_projector] if args.vision_only else [model]
     params = [p for m in trained for p in m.parameters()] + (list(probe.parameters()) if probe else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    seeing = {id(p) for m in (model.model.vision_tower, model.model.mm_projector) for p in m.parameters()}
+    seeing |= {id(p) for p in probe.parameters()} if probe else set()
+    groups = [{"params": [p for p in params if id(p) in seeing], "scale": 1.0},
+              {"params": [p for p in params if id(p) not in seeing], "scale": args.decoder_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     kinds = ["text"] * args.text_batch + ["chat_text"] * args.chat_text_batch
     media_kinds = ["chat_image"] * args.image_batch + ["chat_video"] * args.video_batch
     budget = args.minutes * 60.0
@@ -547,7 +551,7 @@ def train(args):
             start_qat(model)
             qat = True
         for g in opt.param_groups:
-            g["lr"] = lr_at(progress, args.lr)
+            g["lr"] = lr_at(progress, args.lr) * g["scale"]
         with parametrize.cached():                          # fake-quantise each expert tensor once per pass
             if args.vision_only:
                 text_loss = media_loss = torch.zeros(())
@@ -647,6 +651,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=75.0, help="wall-time budget of the training loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--decoder-lr", type=float, default=1.0, help="the decoder's (embeddings, layers, "
+                   "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
     p.add_argument("--init", default=None, help="start from this released-layout folder instead of random weights")
     p.add_argument("--qat", type=float, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
     p.add_argument("--text-batch", type=int, default=8)
