@@ -8,21 +8,28 @@ Three numbers, each against a baseline that a model which does not look would re
 
        loss = -1/N * sum_t log softmax(logits_t)[x_{t+1}]          unigram = -1/N * sum_t log p(x_{t+1})
 
-2. Image captions: `n_images` fresh images from k25ref.shapes (a seed the trainer never uses), prompt
-   "Describe the image." through the real chat template (thinking off), greedy decoding; exact-match rate
-   and per-attribute accuracy (colour, shape, position), objects compared in caption order.
-3. Video captions: the same for `n_videos` fresh 4-8 frame videos (colour, shape, direction).
+2. Image captions: `n_images` fresh images (a seed the trainer never uses), prompt "Describe the image."
+   through the real chat template (thinking off), greedy decoding; exact-match rate and per-attribute
+   accuracy (colour, shape, position), objects compared in caption order, and how many captions are in
+   the grammar the prompt asks for (positions for an image, directions for a video).
+3. Video captions: the same for `n_videos` fresh clips (colour, shape, direction), "Describe the video.",
+   with single-chunk clips (at most 4 frames after 2 fps sampling) also reported on their own.
+
+Captions are measured on two generators: "training" (k25ref.shapes, what the trainer draws from, at another
+seed) and "held-out" (k25ref.shapes_eval, drawn by independent code: other colours, backgrounds, frames,
+outlines, and clips read back from GIF/MP4 files with 100 ms - 1 s frames).
 
 `k25ref eval-nano` is the click command `eval_nano` below; `evaluate(...)` returns the same report as a dict.
 """
 import json
 import os
+import tempfile
 import time
 
 import click
 import numpy as np
 
-from k25ref import media, shapes
+from k25ref import media, shapes, shapes_eval
 from k25ref.errors import K25RefError
 from k25ref.files import atomic_open
 from k25ref.options import FORCE, SEED, OutputFile
@@ -96,33 +103,82 @@ def caption_image(model, tok, image):
     return describe(model, tok, [{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], pv, grid)
 
 
-def caption_video(model, tok, frames, fps=shapes.VIDEO_FPS):
-    """Describe one video given as frames at `fps`."""
-    pv, grid, stamps = media.preprocess_video(frames, fps=fps)
+def video_prompt(video, fps=None):
+    """A video (path, or frames at `fps`) -> (user content, pixel_values, grid_thw) for "Describe the video."."""
+    pv, grid, stamps = media.preprocess_video(video, fps=fps)
     content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
-    return describe(model, tok, content, pv, grid)
+    return content, pv, grid
 
 
-def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3):
-    """Caption `n` fresh images or videos; -> exact-match rate, per-attribute accuracy, a few examples."""
-    rng = np.random.default_rng([seed, 0 if kind == "image" else 1])
-    totals, exact, shown = {}, 0, []
-    for _ in bar(range(n), desc=f"{kind} captions", unit=kind):
+def caption_video(model, tok, video, fps=shapes.VIDEO_FPS):
+    """Describe one video: a path (fps=None reads the file's rate) or frames at `fps`."""
+    return describe(model, tok, *video_prompt(video, fps))
+
+
+GENERATORS = ("training", "held-out")
+
+
+def draw(kind, generator, rng, folder):
+    """One fresh sample -> (image, or (video, fps), truth caption, truth objects)."""
+    if generator == "training":
         if kind == "image":
-            image, truth_text, truth = shapes.random_image(rng)
-            got = caption_image(model, tok, image)
-        else:
-            frames, truth_text, truth = shapes.random_video(rng)
-            got = caption_video(model, tok, frames)
-        score = shapes.score_caption(got, truth)
-        exact += score.pop("exact")
-        for attr, (hits, count) in score.items():
-            h, c = totals.get(attr, (0, 0))
-            totals[attr] = (h + hits, c + count)
-        if len(shown) < examples:
-            shown.append({"truth": truth_text, "model": got})
-    return {"n": n, "exact_match": exact / n if n else 0.0,
-            "attributes": {a: h / c for a, (h, c) in totals.items()}, "examples": shown}
+            return shapes.random_image(rng)
+        frames, text, objects = shapes.random_video(rng)
+        return (frames, shapes.VIDEO_FPS), text, objects
+    if kind == "image":
+        return shapes_eval.random_image(rng)
+    path, text, objects = shapes_eval.random_video(rng, folder)
+    return (path, None), text, objects
+
+
+def in_grammar_of(text, kind):
+    """Whether a caption is in the grammar of its prompt: every object "in the <position>" for an image,
+    every object "moving <direction>" for a video."""
+    objects = shapes.parse_caption(text)
+    return bool(objects) and all(bool(o.direction) == (kind == "video") for o in objects)
+
+
+class Tally:
+    """Exact matches and per-attribute hits of scored captions."""
+
+    def __init__(self):
+        self.n, self.exact, self.hits = 0, 0, {}
+
+    def add(self, score):
+        self.n += 1
+        self.exact += score["exact"]
+        for attr in score.keys() - {"exact"}:
+            h, c = self.hits.get(attr, (0, 0))
+            self.hits[attr] = (h + score[attr][0], c + score[attr][1])
+
+    def summary(self):
+        return {"n": self.n, "exact_match": self.exact / self.n if self.n else 0.0,
+                "attributes": {a: h / c for a, (h, c) in self.hits.items()}}
+
+
+def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3, generator="training"):
+    """Caption `n` fresh images or videos of a generator; -> exact-match rate, per-attribute accuracy, a few
+    examples (and, for videos, the same split by single-chunk / multi-chunk clips)."""
+    rng = np.random.default_rng([seed, 0 if kind == "image" else 1] + ([2] if generator == "held-out" else []))
+    total, by_chunks, shown = Tally(), {"single-chunk": Tally(), "multi-chunk": Tally()}, []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in bar(range(n), desc=f"{kind} captions ({generator})", unit=kind):
+            sample, truth_text, truth = draw(kind, generator, rng, folder)
+            if kind == "image":
+                got = caption_image(model, tok, sample)
+            else:
+                content, pv, grid = video_prompt(*sample)
+                got = describe(model, tok, content, pv, grid)
+            score = {**shapes.score_caption(got, truth), "grammar": [int(in_grammar_of(got, kind)), 1]}
+            total.add(score)
+            if kind == "video":
+                by_chunks["single-chunk" if len(grid) == 1 else "multi-chunk"].add(score)
+            if len(shown) < examples or (not score["exact"] and len(shown) < 2 * examples):
+                shown.append({"truth": truth_text, "model": got})
+    out = {**total.summary(), "examples": shown}
+    if kind == "video":
+        out["chunks"] = {k: t.summary() for k, t in by_chunks.items()}
+    return out
 
 
 def text_samples(model, tok, prompts=("ROMEO:", "First Citizen:\n"), n=60, seed=0):
@@ -134,7 +190,7 @@ def text_samples(model, tok, prompts=("ROMEO:", "First Citizen:\n"), n=60, seed=
     return out
 
 
-def evaluate(path=NANO_PATH, n_images=200, n_videos=100, text_tokens=None, window=128, seed=EVAL_SEED,
+def evaluate(path=NANO_PATH, n_images=300, n_videos=150, text_tokens=None, window=128, seed=EVAL_SEED,
              samples=True):
     """The whole report as a dict (see the module doc)."""
     from k25ref.model import load_model
@@ -142,14 +198,20 @@ def evaluate(path=NANO_PATH, n_images=200, n_videos=100, text_tokens=None, windo
     model, tok = load_model(path), Tokenizer.from_pretrained(path)
     t0 = time.perf_counter()
     report = {"model": os.path.abspath(path), "text": text_losses(model, tok, window, text_tokens)}
-    if n_images:
-        report["images"] = caption_accuracy(model, tok, n_images, "image", seed)
-    if n_videos:
-        report["videos"] = caption_accuracy(model, tok, n_videos, "video", seed)
+    for generator in GENERATORS:
+        prefix = "" if generator == "training" else "held-out "
+        if n_images:
+            report[prefix + "images"] = caption_accuracy(model, tok, n_images, "image", seed, generator=generator)
+        if n_videos:
+            report[prefix + "videos"] = caption_accuracy(model, tok, n_videos, "video", seed, generator=generator)
     if samples:
         report["samples"] = text_samples(model, tok)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
+
+
+def summary_line(c):
+    return f"exact match {c['exact_match']:.1%}; " + ", ".join(f"{a} {v:.1%}" for a, v in c["attributes"].items())
 
 
 def format_report(r):
@@ -158,11 +220,12 @@ def format_report(r):
     lines = [f"model: {r['model']}",
              f"held-out text: {t['model_nats_per_token']:.3f} nats/token (unigram {t['unigram_nats_per_token']:.3f}) "
              f"over {t['tokens']} tokens"]
-    for kind in ("images", "videos"):
+    for kind in ("images", "videos", "held-out images", "held-out videos"):
         if kind in r:
             c = r[kind]
-            attrs = ", ".join(f"{a} {v:.1%}" for a, v in c["attributes"].items())
-            lines.append(f"{kind}: {c['n']} fresh, exact match {c['exact_match']:.1%}; {attrs}")
+            lines.append(f"{kind}: {c['n']} fresh, {summary_line(c)}")
+            for part, t in c.get("chunks", {}).items():
+                lines.append(f"    {part} ({t['n']}): {summary_line(t)}")
             lines += [f"    truth: {e['truth']!r}  model: {e['model']!r}" for e in c["examples"]]
     for prompt, text in r.get("samples", {}).items():
         lines.append(f"sample from {prompt!r}:\n{text}")
@@ -173,10 +236,10 @@ def format_report(r):
 @click.command("eval-nano")
 @click.option("--model", "-m", "model_dir", type=click.Path(exists=True, file_okay=False), default=NANO_PATH,
               show_default="the embedded nano model", help="Checkpoint folder to evaluate.")
-@click.option("--images", "n_images", default=200, show_default=True, type=click.IntRange(0, 100_000),
-              help="Fresh synthetic images to caption.")
-@click.option("--videos", "n_videos", default=100, show_default=True, type=click.IntRange(0, 100_000),
-              help="Fresh synthetic videos to caption.")
+@click.option("--images", "n_images", default=300, show_default=True, type=click.IntRange(0, 100_000),
+              help="Fresh images to caption, per generator.")
+@click.option("--videos", "n_videos", default=150, show_default=True, type=click.IntRange(0, 100_000),
+              help="Fresh videos to caption, per generator.")
 @click.option("--text-tokens", default=None, type=click.IntRange(1), help="Evaluate only the first N held-out tokens "
                                                                          "(default all).")
 @click.option("--seed", default=EVAL_SEED, show_default=True, type=SEED, help="Seed of the fresh images and videos.")
@@ -184,7 +247,8 @@ def format_report(r):
 @click.option("--json", "json_out", type=OutputFile(".json"), default=None,
               help="Also write the report to this .json file (checked before the evaluation starts).")
 def eval_nano(model_dir, n_images, n_videos, text_tokens, seed, force, json_out):
-    """Evaluate the nano model with k25ref: held-out Shakespeare loss vs unigram, caption accuracy."""
+    """Evaluate the nano model with k25ref: held-out Shakespeare loss vs unigram, caption accuracy on the
+    training generator (k25ref.shapes) and on an independent held-out one (k25ref.shapes_eval)."""
     report = evaluate(model_dir, n_images, n_videos, text_tokens, seed=seed)
     for line in format_report(report):
         click.echo(line)

@@ -17,6 +17,7 @@ from a `numpy.random.Generator`, so a seed fixes a data set exactly.
 `parse_caption` reads a caption back into objects; `score_caption` compares a generated caption with the
 truth attribute by attribute (what `k25ref eval-nano` reports).
 """
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,3 +192,151 @@ def score_caption(predicted, truth):
             for attr in ("colour", "shape", key):
                 out[attr][0] += int(getattr(got[i], attr) == getattr(t, attr))
     return out
+
+
+# ----------------------------------------------------------------------------
+# varied scenes: the same grammar with everything incidental drawn wider (training)
+
+
+FRAME_FAMILIES = ("square", "wide", "tall", "tiny", "any")
+FRAME_RATES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)     # clip frame rates: 100 ms - 1 s per frame
+
+
+def varied_size(rng, large, video=False):
+    """(width, height) of a square, wide, tall, tiny or any-shaped frame; large frames are up to 320 px a
+    side (224 for clips), small ones up to 160 (112 for clips)."""
+    top = (224 if video else 320) if large else (112 if video else 160)
+    lo = 112 if large else 40
+    family = rng.choice(FRAME_FAMILIES)
+    if family == "tiny" and not large:
+        return int(rng.integers(36, 57)), int(rng.integers(36, 57))
+    short = int(rng.integers(lo, max(lo + 1, top // (1 if family in ("square", "tiny") else 2)) + 1))
+    if family in ("square", "tiny"):
+        return short, short
+    long_ = int(rng.integers(min(top, int(1.4 * short)), top + 1)) if family != "any" else int(rng.integers(lo, top + 1))
+    return (long_, short) if family in ("wide", "any") else (short, long_)
+
+
+def _far_colour(rng, colours, min_dist=140):
+    for _ in range(50):
+        c = rng.integers(0, 256, 3)
+        if all(np.linalg.norm(c - np.array(COLOURS[n])) > min_dist for n in colours):
+            return tuple(int(v) for v in c)
+    return (30, 30, 30)
+
+
+def varied_background(rng, colours, size):
+    """Flat, gradient, stripes, checks or blotches in two colours far from the objects', then pixel noise
+    (Pillow throughout)."""
+    W, H = size
+    a, b = _far_colour(rng, colours), _far_colour(rng, colours)
+    kind = rng.choice(["flat", "gradient", "stripes", "checks", "blotches"])
+    if kind == "flat":
+        image = Image.new("RGB", size, a)
+    else:
+        if kind == "gradient":
+            side = 2 * max(size)                                             # turn, then keep the middle
+            mask = Image.linear_gradient("L").resize((side, side)).rotate(float(rng.uniform(0, 360)))
+            mask = mask.crop((side // 4, side // 4, 3 * side // 4, 3 * side // 4)).resize(size)
+        elif kind == "blotches":
+            cells = rng.integers(0, 256, (int(rng.integers(2, 9)), int(rng.integers(2, 9))), dtype=np.uint8)
+            mask = Image.fromarray(cells, "L").resize(size, Image.BICUBIC)
+        else:
+            mask = Image.new("L", size, 0)
+            draw, step = ImageDraw.Draw(mask), int(rng.integers(3, 24))
+            for y in range(0, H, step):
+                for x in range(0, W, step):
+                    if (kind == "stripes" and (x // step) % 2) or (kind == "checks" and (x // step + y // step) % 2):
+                        draw.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
+            if kind == "stripes" and rng.random() < 0.5:
+                mask = mask.transpose(Image.Transpose.ROTATE_90).resize(size)
+        image = Image.composite(Image.new("RGB", size, b), Image.new("RGB", size, a), mask)
+    noise = int(rng.integers(0, 30))
+    pixels = np.asarray(image, np.int32) + rng.integers(-noise, noise + 1, (H, W, 1 if rng.random() < 0.5 else 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+@dataclass(frozen=True)
+class Look:
+    """How one object is drawn, fixed for all frames of a clip."""
+    fill: tuple
+    outline: tuple
+    width: int
+    angle: float
+
+    @classmethod
+    def random(cls, rng, colour, r):
+        gain = rng.uniform(0.88, 1.05)
+        fill = tuple(int(np.clip(c * gain + rng.integers(-24, 25), 0, 255)) for c in COLOURS[colour])
+        style = rng.random()
+        outline = None if style < 0.55 else tuple(int(v) for v in (rng.integers(0, 60, 3) if style < 0.8
+                                                                    else np.array(fill) // 2))
+        return cls(fill, outline, int(rng.integers(1, max(2, int(r / 6)) + 1)), float(rng.uniform(-0.2, 0.2)))
+
+
+def _paint(draw, shape, look, cx, cy, r):
+    """Draw a circle, or a square / apex-up triangle turned by look.angle, of 'radius' r at (cx, cy)."""
+    kw = dict(fill=look.fill, outline=look.outline, width=look.width if look.outline else 0)
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), **kw)
+        return
+    corners = [(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)] if shape == "square" else \
+        [(0.0, -1.0), (-1.0, 0.8), (1.0, 0.8)]
+    c, s = np.cos(look.angle), np.sin(look.angle)
+    draw.polygon([(cx + r * (c * u - s * v), cy + r * (s * u + c * v)) for u, v in corners], **kw)
+
+
+def _degrade(rng, image):
+    """Now and then a JPEG pass or a 48-256 colour palette, as files do to pictures."""
+    k = rng.random()
+    if k < 0.2:
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=int(rng.integers(40, 96)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if k < 0.4:
+        return image.quantize(int(rng.integers(48, 257)), method=Image.Quantize.MEDIANCUT).convert("RGB")
+    return image
+
+
+def varied_image(rng, large=False):
+    """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files."""
+    size = varied_size(rng, large)
+    n = 1 if rng.random() < 0.5 else 2
+    names = list(POSITIONS)
+    objects = [_random_object(rng, position=names[k]) for k in sorted(rng.choice(len(names), n, replace=False))]
+    image = varied_background(rng, [o.colour for o in objects], size)
+    draw = ImageDraw.Draw(image)
+    for o in objects:
+        r = min(size) * (rng.uniform(0.1, 0.32) if n == 1 else rng.uniform(0.09, 0.19))
+        _paint(draw, o.shape, Look.random(rng, o.colour, r), *_centre(rng, o.position, size, r, jitter=0.07), r)
+    return _degrade(rng, image), caption(objects), objects
+
+
+def varied_video(rng, large=False):
+    """-> (frames, fps, caption, [object]): one object moving over a clip whose frame rate is 1-10 fps and
+    whose length gives 2-16 frames after 2 fps sampling (1-4 chunks; a single chunk 40% of the time)."""
+    size = varied_size(rng, large, video=True)
+    W, H = size
+    o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
+    fps = float(rng.choice(FRAME_RATES))
+    chunks = rng.choice([1, 2, 3, 4], p=[0.4, 0.35, 0.15, 0.1])
+    kept = int(rng.integers(max(2, 4 * chunks - 3), 4 * chunks + 1))
+    n = max(2, int(round(kept * fps / min(fps, 2.0))))
+    r = min(size) * rng.uniform(0.1, 0.22)
+    look = Look.random(rng, o.colour, r)
+    dx, dy = DIRECTIONS[o.direction]
+    travel = rng.uniform(0.35, 0.7)
+    x0 = 0.5 - dx * travel / 2 if dx else rng.uniform(0.25, 0.75)
+    y0 = 0.5 - dy * travel / 2 if dy else rng.uniform(0.25, 0.75)
+    background = varied_background(rng, [o.colour], size)
+    frames = []
+    for k in range(n):
+        f = k / (n - 1)
+        frame = background.copy()
+        cx = np.clip((x0 + dx * travel * f) * W, r, W - r)
+        cy = np.clip((y0 + dy * travel * f) * H, r, H - r)
+        _paint(ImageDraw.Draw(frame), o.shape, look, float(cx), float(cy), r)
+        frames.append(frame)
+    if rng.random() < 0.4:                                                   # a GIF's palette, shared by the clip
+        frames = [f.quantize(int(rng.integers(32, 257))).convert("RGB") for f in frames]
+    return frames, fps, caption([o]), [o]

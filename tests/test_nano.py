@@ -80,6 +80,14 @@ def test_score_caption():
     assert shapes.parse_caption("a red circle moving sideways") is None
 
 
+def test_captions_are_checked_against_the_grammar_the_prompt_asks_for():
+    from k25ref.nano_eval import in_grammar_of
+    assert in_grammar_of("a red circle moving left", "video") and not in_grammar_of("a red circle moving left", "image")
+    assert in_grammar_of("a red circle in the center", "image") and not in_grammar_of("a red circle in the center", "video")
+    assert not in_grammar_of("a red circle moving left and a blue square in the center", "video")
+    assert not in_grammar_of("the sky", "image")
+
+
 # ----------------------------------------------------------------------------
 # the shipped checkpoint, run by k25ref
 
@@ -161,7 +169,7 @@ def test_export_round_trip(torch_side, tmp_path):
     model.eval()
     data = train_nano.Data.__new__(train_nano.Data)      # no training text needed: media samples only
     data.tok, data.rng = Tokenizer.from_pretrained(str(tmp_path)), np.random.default_rng(0)
-    data.pad, data.large = data.tok.media_pad_id, False
+    data.pad, data.large, data.varied = data.tok.media_pad_id, False, 0.0
     ours, orc = k25ref.load_model(str(tmp_path)), oracle.load_oracle(str(tmp_path))
     video = data.chat_video()
     while len(video[3]) < 2:                             # a two-chunk video: t = 4, then the rest
@@ -239,3 +247,64 @@ def test_loss_logs_of_phases_share_one_clock(torch_side, tmp_path):
     recs, starts = train_nano.read_logs([f"{tmp_path}/a.jsonl", f"{tmp_path}/b.jsonl"])
     assert [r["minute"] for r in recs] == [1.0, 2.0, 3.0, 4.0, 5.0] and starts == [2.0]
     assert [[r["minute"] for r in run] for run in train_nano.runs_of(recs, "text_loss")] == [[3.0, 4.0, 5.0]]
+
+
+# ----------------------------------------------------------------------------
+# the varied training scenes and the independent held-out generator
+
+
+def test_varied_scenes_follow_the_grammar():
+    from k25ref import media
+    rng = np.random.default_rng(8)
+    for k in range(20):
+        image, text, objects = shapes.varied_image(rng, large=k % 2 == 0)
+        assert shapes.parse_caption(text) == objects and image.mode == "RGB"
+        assert min(image.size) >= 36 and max(image.size) <= (320 if k % 2 == 0 else 160)
+    chunks = set()
+    for k in range(30):
+        frames, fps, text, (o,) = shapes.varied_video(rng, large=k % 2 == 0)
+        assert text == o.phrase() and 1.0 <= fps <= 10.0
+        _, grid, _ = media.preprocess_video(frames, fps=fps)
+        assert grid[:, 0].sum() >= 2
+        chunks.add(len(grid))
+    assert chunks == {1, 2, 3, 4}
+
+
+def test_heldout_coverage_is_the_shape_geometry():
+    """The held-out rasteriser covers the area of the shape it names, centred where asked."""
+    from k25ref import shapes_eval
+    for shape, area in (("circle", np.pi * 20 ** 2), ("square", (1.76 * 20) ** 2),
+                        ("triangle", 3 * np.sqrt(3) / 4 * (1.1 * 20) ** 2)):
+        a = shapes_eval.coverage(shape, 50.0, 40.0, 20.0, 0.1, 100, 120)
+        assert a.shape == (100, 120) and abs(a.sum() / area - 1) < 0.02, shape
+        ys, xs = np.mgrid[0:100, 0:120] + 0.5
+        assert abs((a * xs).sum() / a.sum() - 50) < 0.5 and abs((a * ys).sum() / a.sum() - 40) < 0.5, shape
+
+
+def test_heldout_images_are_seeded_and_follow_the_grammar():
+    from k25ref import shapes_eval
+    rng = np.random.default_rng(9)
+    sizes = []
+    for _ in range(30):
+        image, text, objects = shapes_eval.random_image(rng)
+        assert shapes.parse_caption(text) == objects
+        sizes.append(image.size)
+    assert min(min(s) for s in sizes) < 57 and max(max(s) for s in sizes) > 200       # tiny and large frames
+    assert any(w > 1.4 * h for w, h in sizes) and any(h > 1.4 * w for w, h in sizes)  # wide and tall
+    a, b = (shapes_eval.random_image(np.random.default_rng(3)) for _ in range(2))
+    assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_heldout_clips_are_gif_and_mp4_files_of_one_to_four_chunks(tmp_path):
+    """Clips are read back from their files by k25ref.media at 2 fps: 1-4 chunks, single chunks included."""
+    from k25ref import media, shapes_eval
+    rng = np.random.default_rng(10)
+    chunks, kinds = [], set()
+    for k in range(24):
+        path, text, (o,) = shapes_eval.random_video(rng, str(tmp_path), f"c{k}")
+        assert text == o.phrase() and os.path.exists(path)
+        kinds.add(os.path.splitext(path)[1])
+        _, grid, stamps = media.preprocess_video(path)
+        assert grid[:, 0].sum() >= 2 and len(stamps) == len(grid)
+        chunks.append(len(grid))
+    assert kinds == {".gif", ".mp4"} and set(chunks) <= {1, 2, 3, 4} and chunks.count(1) >= 4, chunks

@@ -174,9 +174,9 @@ class Balancer:
 class Data:
     """Token streams and fresh synthetic media, all from one seeded generator."""
 
-    def __init__(self, tok, seed, window=128, p_large=0.25):
+    def __init__(self, tok, seed, window=128, p_large=0.25, varied=0.0):
         self.tok, self.window, self.rng = tok, window, np.random.default_rng(seed)
-        self.p_large, self.large = p_large, False
+        self.p_large, self.large, self.varied = p_large, False, varied
         with open(os.path.join(DATA, "train.txt"), encoding="utf-8") as f:
             self.train = np.array(tok.encode(f.read()), np.int64)
         self.pad = tok.media_pad_id
@@ -204,14 +204,20 @@ class Data:
         return ids, mask, None, None, None
 
     def chat_image(self):
-        image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
+        if self.rng.random() < self.varied:
+            image, text, objects = shapes.varied_image(self.rng, self.large)
+        else:
+            image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
         pv, grid = media.preprocess_image(image)
         ids, mask = self.chat([{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], text)
         return self._expand(ids, mask, grid) + (pv, grid, objects)
 
     def chat_video(self):
-        frames, text, objects = shapes.random_video(self.rng)
-        pv, grid, stamps = media.preprocess_video(frames, fps=shapes.VIDEO_FPS)
+        if self.rng.random() < self.varied:
+            frames, fps, text, objects = shapes.varied_video(self.rng, self.large)
+        else:
+            (frames, text, objects), fps = shapes.random_video(self.rng), shapes.VIDEO_FPS
+        pv, grid, stamps = media.preprocess_video(frames, fps=fps)
         content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
         ids, mask = self.chat(content, text)
         return self._expand(ids, mask, grid) + (pv, grid, objects)
@@ -455,6 +461,7 @@ def oracle_agreement(folder, seed=7):
     tok = Tokenizer.from_pretrained(folder)
     data = Data.__new__(Data)                            # no training text needed
     data.tok, data.rng, data.pad, data.large = tok, np.random.default_rng(seed), tok.media_pad_id, False
+    data.varied = 0.0
     with open(os.path.join(DATA, "heldout.txt"), encoding="utf-8") as f:
         text = (np.array(tok.encode(f.read()[:2000])[:200], np.int64), None, None, None)
     video = data.chat_video()
@@ -516,14 +523,18 @@ def train(args):
         model.model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
         model.model.mm_projector.load_state_dict(vision.mm_projector.state_dict())
     model.train()
-    data = Data(tok, args.seed, p_large=args.p_large)
+    data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied)
     balancer = Balancer(model)
     probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 or args.vision_only else None
     if probe is not None and args.probe_file and os.path.exists(args.probe_file):
         probe.load_state_dict(torch.load(args.probe_file))
     trained = [model.model.vision_tower, model.model.mm_projector] if args.vision_only else [model]
     params = [p for m in trained for p in m.parameters()] + (list(probe.parameters()) if probe else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    seeing = {id(p) for m in (model.model.vision_tower, model.model.mm_projector) for p in m.parameters()}
+    seeing |= {id(p) for p in probe.parameters()} if probe else set()
+    groups = [{"params": [p for p in params if id(p) in seeing], "scale": 1.0},
+              {"params": [p for p in params if id(p) not in seeing], "scale": args.decoder_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     kinds = ["text"] * args.text_batch + ["chat_text"] * args.chat_text_batch
     media_kinds = ["chat_image"] * args.image_batch + ["chat_video"] * args.video_batch
     budget = args.minutes * 60.0
@@ -540,7 +551,7 @@ def train(args):
             start_qat(model)
             qat = True
         for g in opt.param_groups:
-            g["lr"] = lr_at(progress, args.lr)
+            g["lr"] = lr_at(progress, args.lr) * g["scale"]
         with parametrize.cached():                          # fake-quantise each expert tensor once per pass
             if args.vision_only:
                 text_loss = media_loss = torch.zeros(())
@@ -640,6 +651,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=75.0, help="wall-time budget of the training loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--decoder-lr", type=float, default=1.0, help="the decoder's (embeddings, layers, "
+                   "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
     p.add_argument("--init", default=None, help="start from this released-layout folder instead of random weights")
     p.add_argument("--qat", type=float, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
     p.add_argument("--text-batch", type=int, default=8)
@@ -649,6 +662,9 @@ def main(argv=None):
     p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
                    "with --plot, comma-separated logs of consecutive phases")
     p.add_argument("--p-large", type=float, default=0.25, help="share of caption batches with large images")
+    p.add_argument("--varied", type=float, default=0.0, help="share of images and videos drawn by "
+                   "k25ref.shapes.varied_image/varied_video (other frames, backgrounds, looks, frame rates, "
+                   "single-chunk clips) instead of random_image/random_video")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
     p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
