@@ -12,7 +12,7 @@ import time
 import click
 
 from k25ref.errors import K25RefError, PromptError
-from k25ref.model import default_model_path
+from k25ref.model import PREFILL_CHUNK, default_model_path
 
 DEFAULT_PROMPT = "ROMEO:"
 
@@ -45,6 +45,10 @@ def main():
     """
 
 
+prefill_chunk_option = click.option(
+    "--prefill-chunk", default=PREFILL_CHUNK, show_default=True, type=click.IntRange(min=1),
+    help="Prompt tokens run through the layers at a time: memory for activations and attention grows with it, "
+         "not with the prompt (docs/long-context.md).")
 model_option = click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False), default=None,
                             help="Checkpoint folder in the released layout (config.json, index, shards, tokenizer). "
                                  "Default: the embedded tiny model, Kimi-K2.5-nano (6.4 M parameters, trained on "
@@ -147,8 +151,9 @@ class TextStream:
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
               help="A video (mp4/webm need the 'video' extra; GIF works as is), sampled at 2 fps in 4-frame chunks.")
+@prefill_chunk_option
 def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory,
-             backend, images, videos):
+             backend, images, videos, prefill_chunk):
     """Stream a reply to PROMPT ('-' reads stdin; default 'ROMEO:').
 
     Speeds and peak memory go to stderr, the text to stdout, so `k25ref generate ... > out.txt` keeps
@@ -171,13 +176,14 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
         from k25ref.multimodal import expand_placeholders
         kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
         ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
+    model.check_context(len(ids), max_tokens, kw.get("grid_thw"))             # before compiling anything
     if backend == "numba":
         _prepare_kernels()
     out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
     first, n = None, 0
     for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
-                                backend=backend, **kw):
+                                backend=backend, prefill_chunk=prefill_chunk, **kw):
         first = first or time.perf_counter()
         out.write(token)
         n += 1
@@ -234,7 +240,8 @@ def format_stats(model, seconds, tokens):
 @click.option("--max-tokens", "-n", default=128, show_default=True, help="New tokens per reply at most.")
 @click.option("--temp", "-t", default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
 @click.option("--seed", default=None, type=int, help="Seed for sampling.")
-def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
+@prefill_chunk_option
+def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefill_chunk):
     """An interactive multi-turn chat. Type /reset to forget the history, /exit (or Ctrl-D) to leave."""
     from k25ref.chat import parse_output
     model, tok = _open(model_dir)
@@ -254,7 +261,8 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         history.append({"role": "user", "content": line})
         ids = tok.apply_chat_template(history, thinking=think)
-        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"))
+        new = list(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba",
+                                  prefill_chunk=prefill_chunk))
         text = ("<think>" if think else "<think></think>") + tok.decode(new)
         reply = parse_output(text)
         if reply.reasoning and show_thinking:
@@ -351,3 +359,7 @@ from k25ref.swarm.cli import swarm  # noqa: E402  (the toy Agent Swarm's own com
 
 main.add_command(eval_nano)
 main.add_command(swarm)
+
+
+if __name__ == "__main__":
+    main()
