@@ -16,7 +16,7 @@ import click
 from k25ref import __version__
 from k25ref.errors import K25RefError, PromptError
 from k25ref.make_tiny import PRESETS
-from k25ref.model import default_model_path
+from k25ref.model import PREFILL_CHUNK, default_model_path
 from k25ref.options import FORCE, SEED, Finite, OutputFile, Size
 
 DEFAULT_PROMPT = "ROMEO:"
@@ -87,6 +87,10 @@ def main(quiet):
     progress.quiet(quiet)
 
 
+prefill_chunk_option = click.option(
+    "--prefill-chunk", default=PREFILL_CHUNK, show_default=True, type=click.IntRange(min=1),
+    help="Prompt tokens run through the layers at a time: memory for activations and attention grows with it, "
+         "not with the prompt (docs/long-context.md).")
 model_option = click.option("--model", "-m", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
                             help="Checkpoint folder in the released layout (config.json, index, shards, tokenizer). "
                                  "Default: the embedded tiny model, Kimi-K2.5-nano (6.4 M parameters, trained on "
@@ -184,8 +188,9 @@ class TextStream:
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A video (mp4/webm need the 'video' extra; GIF works as is), sampled at 2 fps in 4-frame chunks.")
+@prefill_chunk_option
 def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, think, raw, stats, max_memory,
-             backend, images, videos):
+             backend, images, videos, prefill_chunk):
     """Stream a reply to PROMPT ('-' reads stdin; default 'ROMEO:').
 
     Speeds and peak memory go to stderr, the text to stdout, so `k25ref generate ... > out.txt` keeps
@@ -208,13 +213,14 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
         from k25ref.multimodal import expand_placeholders
         kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
         ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
+    model.check_context(len(ids), max_tokens, kw.get("grid_thw"))             # before compiling anything
     if backend == "numba":
         _prepare_kernels()
     out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
     first, n = None, 0
     for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
-                                backend=backend, **kw):
+                                backend=backend, prefill_chunk=prefill_chunk, **kw):
         first = first or time.perf_counter()
         out.write(token)
         n += 1
@@ -272,7 +278,8 @@ def format_stats(model, seconds, tokens):
               help="New tokens per reply at most.")
 @click.option("--temp", "-t", default=0.0, show_default=True, type=Finite(0), help="Sampling temperature; 0 is greedy.")
 @click.option("--seed", default=None, type=SEED, help="Seed for sampling, 0 .. 2^63-1.")
-def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
+@prefill_chunk_option
+def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefill_chunk):
     """An interactive multi-turn chat, replies streamed as they are generated. Type /reset to forget the
     history, /exit (or Ctrl-D) to leave.
 
@@ -298,8 +305,8 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed):
             continue
         try:
             ids = tok.apply_chat_template(history + [{"role": "user", "content": line}], thinking=think)
-            new = _stream_reply(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba"), tok,
-                                ReplyOut(think, show_thinking))
+            new = _stream_reply(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba",
+                                               prefill_chunk=prefill_chunk), tok, ReplyOut(think, show_thinking))
         except PromptError as e:                        # this turn's error; the history stays as it was
             click.echo(f"k25ref: error: {e}", err=True)
             continue

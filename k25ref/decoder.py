@@ -8,6 +8,8 @@
 
 No batch dimension: one sequence at a time. Same as transformers DeepseekV3Model / DeepseekV3ForCausalLM.
 """
+from functools import partial
+
 import numpy as np
 
 from k25ref.config import TextConfig
@@ -60,10 +62,11 @@ def _run_experts(i, x, idx, g, chosen, W: Weights, backend):  # (T, D), (T, A), 
 
 
 def attend_fn(absorbed, backend):
-    """The one place that picks MLA attention: None (mla() chooses naive/absorbed) or the latent-space kernel."""
-    if backend == "numba" and absorbed:
-        from k25ref.kernels.mla_decode import attend_absorbed
-        return attend_absorbed
+    """The one place that picks MLA attention: None (mla() runs the blocked NumPy reference, naive or absorbed)
+    or the same blocked attention with the online-softmax kernel."""
+    if backend == "numba":
+        from k25ref.kernels.mla_blocked import attend
+        return partial(attend, absorbed=absorbed)
     return None
 
 
@@ -100,9 +103,10 @@ def layer(i, h, W: Weights, cfg: TextConfig, cos, sin, scale, cache, capture=Non
 
 
 def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, absorbed=False, last_only=False,
-            backend="numpy"):
+            backend="numpy", logits=True):
     """(T, D) -> (T, V): run all layers on the new tokens' embeddings (positions continue the cache), return
-    logits (only the last row's, as (1, V), with last_only -- all that generation needs)."""
+    logits (only the last row's, as (1, V), with last_only -- all that generation needs; None without
+    `logits`: a prompt chunk that only fills the cache)."""
     T, start = h.shape[0], cache[0].length
     cos, sin = rope.at(start, T)
     for i in range(cfg.num_hidden_layers):
@@ -111,4 +115,6 @@ def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, capture=None, abs
     h = rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
     if capture is not None:
         capture["final_norm"] = h
+    if not logits:
+        return None
     return head(h[-1:] if last_only else h, W, backend)                                                 # (T, V)

@@ -16,8 +16,13 @@ Two ways to attend, kept side by side and tested equal:
   naive     expand k_nope and v for every cached position (what transformers does);
   absorbed  fold W_UK into the query and W_UV into the output, and attend in latent space:
             q_nope.(W_UK c) = (W_UK^T q_nope).c   -- the cache is never expanded (DeepSeek's "absorb").
+
+Each in two forms, also tested equal: one shot (`attend_naive`, `attend_absorbed`: the whole (H, T, S) score
+tensor, the spec) and blocked (`attend_blocked`, what a forward pass runs): keys in blocks of B with an online
+softmax [FlashAttention, Dao et al. 2022, eq. in §3.1], so attention holds O(H*T*B) floats whatever S is.
 """
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -127,10 +132,71 @@ def attend_absorbed(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig
     return np.einsum("thc,hvc->thv", o_lat, wkv_b[:, Dn:]).reshape(T, H * Dv)  # (T, H*Dv)    W_UV absorbed
 
 
+KEY_BLOCK = 512    # keys per block of attend_blocked: (H, T, 512) scores; BLAS products stay near full speed
+
+
+def online_softmax_step(s, diag, scale, m, l, acc):  # (H, T, B), int, float, (H, T), (H, T), (H, T, d): in place
+    """One key block of the online softmax [Milakov & Gimelshein 2018; FlashAttention §3.1]. On entry `s`
+    holds raw scores q.k of the block; key j is visible to query t iff j <= diag + t (causal). Updates
+
+        s     <- scale * s, masked                          (the block's scores)
+        m'    =  max(m, max_j s_j)                          running max
+        p_j   =  exp(s_j - m')                              left in `s`: the caller adds p @ V_block to acc
+        l     <- l * exp(m - m') + sum_j p_j                running sum
+        acc   <- acc * exp(m - m')                          rescaled accumulator of sum_j p_j v_j
+        m     <- m'
+    and after the last block o = acc / l is softmax(scale * q.K + causal) V exactly (up to rounding). Key 0
+    is visible to every query, so m is finite after the first block and exp(m - m') never sees inf - inf."""
+    B = s.shape[-1]
+    s *= np.float32(scale)
+    if diag < B - 1:                                                           # the block crosses the diagonal
+        s[:, np.arange(B)[None, :] > diag + np.arange(s.shape[1])[:, None]] = -np.inf
+    m_new = np.maximum(m, s.max(axis=-1))                                      # (H, T)
+    alpha = np.exp(m - m_new)                                                  # (H, T)
+    np.exp(s - m_new[..., None], out=s)                                        # (H, T, B)  p
+    l *= alpha
+    l += s.sum(axis=-1)
+    acc *= alpha[..., None]
+    m[...] = m_new
+
+
+def attend_blocked(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig, scale, absorbed=False,
+                   block=None, step=online_softmax_step):  # -> (T, H*Dv)
+    """attend_naive / attend_absorbed over keys in blocks of `block` (None: KEY_BLOCK), with the online softmax (`step`: the
+    NumPy reference above, or the kernel of kernels/mla_blocked.py). Every product is one BLAS call per block
+    (absorbed: queries of all heads against the shared latent, (H*T, Ckv) @ (Ckv, B)). Holds the (H, T, B)
+    scores of one block, the accumulator (H, T, Ckv or Dv) and, naive, one block's expanded keys and values."""
+    T, S, H, Dn, Dv = q_nope.shape[0], c_kv.shape[0], cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
+    block = block or KEY_BLOCK
+    wkv_b = w.kv_b_proj.reshape(H, Dn + Dv, -1)                                # (H, Dn+Dv, Ckv)
+    q = by_head(q_nope) @ wkv_b[:, :Dn] if absorbed else np.ascontiguousarray(by_head(q_nope))  # (H, T, Ckv | Dn)
+    q_r = np.ascontiguousarray(by_head(q_rope)).reshape(H * T, -1)             # (H*T, Dr)
+    m = np.full((H, T), -np.inf, np.float32)                                   # running max
+    l = np.zeros((H, T), np.float32)                                           # running sum
+    acc = np.zeros((H, T, c_kv.shape[1] if absorbed else Dv), np.float32)      # running sum of p v
+    for a in range(0, S, block):
+        b = min(a + block, S)
+        s = (q_r @ k_rope[a:b].T).reshape(H, T, b - a)                         # thr,sr->hts   (H, T, B)
+        if absorbed:                                                           # keys and values: the latent
+            s += (q.reshape(H * T, -1) @ c_kv[a:b].T).reshape(H, T, b - a)     # thc,sc->hts
+            step(s, S - T - a, scale, m, l, acc)
+            acc.reshape(H * T, -1)[...] += s.reshape(H * T, -1) @ c_kv[a:b]    # hts,sc->htc
+        else:                                                                  # expand this block's keys/values
+            kv = (c_kv[a:b] @ w.kv_b_proj.T).reshape(b - a, H, Dn + Dv)        # (B, H, Dn+Dv)
+            s += q @ by_head(kv[..., :Dn]).transpose(0, 2, 1)                  # thd,shd->hts
+            step(s, S - T - a, scale, m, l, acc)
+            acc += s @ by_head(kv[..., Dn:])                                   # hts,shv->htv
+    o = acc / l[..., None]                                                     # (H, T, Ckv | Dv)
+    if absorbed:
+        o = o @ wkv_b[:, Dn:].transpose(0, 2, 1)                               # htc,hvc->htv   W_UV absorbed
+    return by_head(o).reshape(T, H * Dv)                                       # (T, H*Dv)
+
+
 def mla(x, w: MLAWeights, cfg: TextConfig, cos, sin, scale, cache: LatentCache, absorbed=False,
         attend=None):  # (T, D) -> (T, D)
-    """One MLA block: project the new tokens, append their latents to the cache, attend over all of it."""
+    """One MLA block: project the new tokens, append their latents to the cache, attend over all of it
+    (blocked, unless `attend` is another function of attend_naive's signature)."""
     q_nope, q_rope, c_kv, k_rope = project(x, w, cfg, cos, sin)
     c_all, k_all = cache.append(c_kv, k_rope)                                  # (S, Ckv), (S, Dr)
-    attend = attend or (attend_absorbed if absorbed else attend_naive)        # or a kernel with their signature
+    attend = attend or partial(attend_blocked, absorbed=absorbed)
     return _linear(attend(q_nope, q_rope, c_all, k_all, w, cfg, scale), w.o_proj, w.o_proj_bias)   # (T, D)

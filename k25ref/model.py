@@ -16,6 +16,8 @@ from k25ref.sampling import check_logits, sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
 from k25ref.weights import Weights, validate, working_set
 
+PREFILL_CHUNK = 512     # prompt tokens per pass through the layers (Model.forward): docs/long-context.md
+
 
 class Model:
     """Kimi K2.5 over one checkpoint folder. No tensor is read until used."""
@@ -64,29 +66,80 @@ class Model:
                  else np.zeros((0, self.cfg.text.hidden_size), np.float32))
         return multimodal.splice(h, ids, feats, self.cfg.media_placeholder_token_id)
 
-    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy"):
-        """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
-        `embeds` (T, D) replaces the embedding lookup (a prompt with media: see embed_prompt)."""
-        h = self.embed(input_ids) if embeds is None else embeds                # (T, D)
-        if capture is not None:
-            capture["embed"] = h
-        return decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, capture, absorbed, last_only, backend)
+    def check_context(self, prompt_tokens, max_new_tokens=0, grid_thw=None, start=0):
+        """PromptError, before any work, unless positions start .. start + prompt_tokens + max_new_tokens - 1
+        lie inside the context window (max_position_embeddings), and each image / video chunk fits alone."""
+        n = self.cfg.text.max_position_embeddings
+        for i, k in enumerate(multimodal.media_token_counts(grid_thw) if grid_thw is not None else []):
+            if k > n:
+                raise PromptError(f"image/video chunk {i + 1} needs {k} tokens, more than the model's context of "
+                                  f"{n} positions: pass a smaller image or video (media.preprocess_image's "
+                                  f"in_patch_limit, preprocess_video's in_patch_limit_each_frame cap the patches)")
+        need = start + prompt_tokens + max_new_tokens
+        if need > n:
+            what = f"the prompt ({prompt_tokens} tokens)" + (f" after {start} cached" if start else "")
+            raise PromptError(f"{what} plus max_new_tokens ({max_new_tokens}) need {need} positions, more than the "
+                              f"model's context of {n} (max_position_embeddings): shorten the prompt or ask fewer tokens")
 
-    def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None):  # (T,) -> (T, V) float32
-        """Full-sequence logits from scratch, images and video chunks included. Pass a dict as `capture` to
-        receive named intermediates: embed, layers.{i}.attn_out, layers.{i}.router_indices,
-        layers.{i}.router_weights, layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
-        h = self.embed_prompt(input_ids, pixel_values, grid_thw, capture)
-        out = self.forward(input_ids, self.new_cache(), capture, embeds=h)
-        return check_logits(out, lambda: capture if capture is not None else self.trace(input_ids, pixel_values,
-                                                                                        grid_thw))
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy",
+                features=None, prefill_chunk=PREFILL_CHUNK):
+        """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
+
+        The tokens go through the layers `prefill_chunk` at a time (None or 0: all at once): each chunk appends
+        its latents to the cache and attends to everything before it, so a prompt's activations and attention
+        scores take memory for one chunk, not for T tokens. The logits are the same (tests/test_long_context.py).
+        `features` (M, D): media rows for the prompt's M placeholder ids, spliced chunk by chunk (see
+        embed_prompt); `embeds` (T, D) replaces the embedding lookup altogether."""
+        ids = self.check_ids(input_ids)
+        T, start = len(ids), cache[0].length
+        self.check_context(T, start=start)
+        media = self.cfg.media_placeholder_token_id
+        before = np.concatenate([[0], np.cumsum(ids == media)])                   # (T+1,) media rows before t
+        if features is not None and before[-1] != len(features):
+            raise PromptError(f"the prompt has {before[-1]} media placeholder tokens (id {media}) but the "
+                              f"images/video give {len(features)} feature rows")
+        C, out, parts = prefill_chunk or T, [], []
+        for a in range(0, T, C):
+            b = min(a + C, T)
+            if embeds is not None:
+                h = embeds[a:b]                                                     # (C, D)
+            elif features is not None:
+                h = multimodal.splice(self.weights.embedding_rows(ids[a:b]), ids[a:b],
+                                      features[before[a]:before[b]], media)
+            else:
+                h = self.weights.embedding_rows(ids[a:b])
+            part = None if capture is None else {"embed": h}
+            logits = decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, part, absorbed, last_only,
+                                     backend, logits=not last_only or b == T)
+            out += [] if logits is None else [logits]
+            parts += [] if part is None else [part]
+        if capture is not None:
+            capture.update({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None, prefill_chunk=PREFILL_CHUNK):
+        """Full-sequence logits (T, V) float32 from scratch, images and video chunks included, the prompt run
+        in chunks of `prefill_chunk` tokens (see forward). Pass a dict as `capture` to receive named
+        intermediates: embed, layers.{i}.attn_out, layers.{i}.router_indices, layers.{i}.router_weights,
+        layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
+        ids = self.check_ids(input_ids)
+        self.check_context(len(ids), grid_thw=grid_thw)
+        out = self.forward(ids, self.new_cache(), capture, features=self.media_features(pixel_values, grid_thw, capture),
+                           prefill_chunk=prefill_chunk)
+        return check_logits(out, lambda: capture if capture is not None else self.trace(ids, pixel_values, grid_thw))
 
     def trace(self, input_ids, pixel_values=None, grid_thw=None):
         """Every named intermediate of a full pass (see `logits`), without checking them."""
         capture = {}
-        h = self.embed_prompt(input_ids, pixel_values, grid_thw, capture)
-        self.forward(input_ids, self.new_cache(), capture, embeds=h)
+        self.forward(input_ids, self.new_cache(), capture,
+                     features=self.media_features(pixel_values, grid_thw, capture))
         return capture
+
+    def media_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (M, D)
+        """vision_features of the prompt's media, or no rows when there is none."""
+        if pixel_values is None:
+            return np.zeros((0, self.cfg.text.hidden_size), np.float32)
+        return self.vision_features(pixel_values, grid_thw, capture, backend)
 
     @property
     def stop_ids(self):
@@ -102,31 +155,42 @@ class Model:
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
-                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy"):
-        """Yield new token ids one at a time: prefill the prompt, then decode with the latent cache.
+                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy", prefill_chunk=PREFILL_CHUNK):
+        """Yield new token ids one at a time: prefill the prompt (in chunks of `prefill_chunk` tokens, see
+        forward), then decode with the latent cache.
 
         temperature 0 is greedy (reproduces transformers' greedy generate); otherwise seeded sampling with
         top-k then top-p. pixel_values/grid_thw (from k25ref.media) fill the prompt's media placeholders.
         Generation ends after max_new_tokens or at a stop id, which is not yielded;
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
+        Bad arguments, and a prompt plus max_new_tokens longer than the context, raise PromptError at the
+        call, before any work.
         """
         if (not 0 <= temperature < np.inf or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0      # NaN fails too
                 or not (seed is None or 0 <= seed)):
             raise PromptError("need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0 "
                               "and seed None or >= 0")
+        if prefill_chunk is not None and prefill_chunk < 0:
+            raise PromptError(f"prefill_chunk must be >= 1 (or None: the whole prompt at once), got {prefill_chunk}")
+        ids = self.check_ids(input_ids)
+        self.check_context(len(ids), max_new_tokens, grid_thw)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
-        rng = np.random.default_rng(seed)
-        cache, ids = self.new_cache(), self.check_ids(input_ids)
-        embeds = self.embed_prompt(ids, pixel_values, grid_thw, backend=backend) if max_new_tokens else None
-        seen = list(ids)
+        return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
+                              pixel_values, grid_thw, absorbed, backend, prefill_chunk)
+
+    def _generate(self, ids, max_new_tokens, temperature, top_p, top_k, rng, stops, pixel_values, grid_thw,
+                  absorbed, backend, prefill_chunk):
+        cache, seen = self.new_cache(), list(ids)
+        features = self.media_features(pixel_values, grid_thw, backend=backend) if max_new_tokens else None
         for _ in range(max_new_tokens):
-            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, embeds=embeds, backend=backend)[-1]
+            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=backend,
+                                  prefill_chunk=prefill_chunk)[-1]
             check_logits(logits, lambda: self.trace(seen, pixel_values, grid_thw))
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:
                 return
             yield token
-            ids, embeds = np.array([token]), None
+            ids, features = np.array([token]), None
             seen.append(token)
 
 

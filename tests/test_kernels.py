@@ -19,12 +19,13 @@ from k25ref.kernels import int4_matvec
 from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_row_numba,
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
+from k25ref.kernels import mla_blocked
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.expf import _exp_loops, exp_numba
 from k25ref.kernels.vision_attention import _softmax_rows_loops, softmax_rows, softmax_rows_numba
 from k25ref.make_tiny import preset
-from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref
+from k25ref.mla import MLAWeights, attend_absorbed as attend_absorbed_ref, attend_naive, online_softmax_step
 from k25ref.moe import moe
 from k25ref.kernels import vision_block as vb
 from k25ref.moonvit import VisionBlockWeights, attention, rope_2d, segments, vision_block
@@ -234,6 +235,38 @@ def test_mla_absorbed_matches_reference(rng, T, S, body):
     close(out, ref, f"mla absorbed T={T} S={S}")
 
 
+@pytest.mark.parametrize("T, B, diag", [(1, 1, 0), (3, 5, 0), (4, 7, 2), (5, 3, 9), (2, 6, -1)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_online_softmax_matches_reference(rng, T, B, diag, body):
+    """One step from a state after earlier blocks (finite m) and from the start (m = -inf), crossing the
+    causal diagonal, entirely visible (diag >= B - 1) and with a query that sees no key of the block."""
+    H, d = 2, 3
+    fn = mla_blocked.online_softmax_numba if body == "kernel" else mla_blocked._online_softmax_loops
+    for m0 in (np.full((H, T), -np.inf, np.float32), rng.standard_normal((H, T), dtype=np.float32)):
+        if not np.isfinite(m0).all() and diag < 0:
+            continue                                  # the first block always holds key 0, seen by every query
+        s, l, acc = (rng.standard_normal(shape, dtype=np.float32) for shape in ((H, T, B), (H, T), (H, T, d)))
+        l = np.abs(l)
+        ref = [a.astype(np.float64) for a in (s, m0, l, acc)]
+        online_softmax_step(ref[0], diag, 0.7, *ref[1:])
+        out = [s, m0.copy(), l, acc]
+        fn(out[0], np.int64(diag), np.float32(0.7), *out[1:])
+        for name, o, r in zip(("p", "m", "l", "acc"), out, ref):
+            check_close(o, r, rtol=1e-5, atol=1e-6, label=f"online softmax {name} T={T} B={B} diag={diag}")
+
+
+@pytest.mark.parametrize("T, S, B", [(1, 9, 4), (3, 3, 1), (5, 12, 5), (6, 6, 64)])
+@pytest.mark.parametrize("absorbed", [False, True])
+def test_blocked_attention_with_kernel_matches_one_shot(rng, T, S, B, absorbed, monkeypatch):
+    """attend_blocked with the kernel's step (the decode kernel kept out of the way) == the one-shot reference."""
+    monkeypatch.setattr(mla_blocked, "DECODE_ROWS", 0)
+    cfg, w, (q_nope, q_rope, c_kv, k_rope) = _mla_case(rng, T, S)
+    ref = (attend_absorbed_ref if absorbed else attend_naive)(
+        *(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
+    out = mla_blocked.attend(q_nope, q_rope, c_kv, k_rope, w, cfg, 0.3, absorbed)
+    close(out, ref, f"blocked attention T={T} S={S} B={B}")
+
+
 # ----------------------------------------------------------------------------
 # vision block-diagonal attention
 
@@ -370,8 +403,9 @@ def test_vision_block_matches_reference(rng):
 def test_warmup_compiles_every_kernel():
     names = set(warmup())
     assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows", "layer_norm",
-                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved"}
-    for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, moe_experts_numba,
+                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved", "online_softmax"}
+    for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, mla_blocked.online_softmax_numba,
+                   moe_experts_numba,
                    softmax_rows_numba, vb.layer_norm_numba, vb.bias_gelu_tanh_numba, vb.gelu_erf_numba,
                    vb.rope_interleaved_numba):
         if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
