@@ -507,5 +507,144 @@ main.add_command(eval_nano)
 main.add_command(swarm)
 
 
+@main.command("export-gguf")
+@click.argument("ckpt", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--experts", type=click.Choice(["q4_0", "bf16", "f32"]), default=None,
+              help="Routed experts: q4_0 repacks the INT4 codes bit for bit (a Q4_0 block is an INT4 group with "
+                   "its scale as float16); bf16 / f32 write bf16(q * scale), the values k25ref computes with. "
+                   "Default: q4_0 for INT4 experts, bf16 for BF16 ones.")
+@click.option("--dense", type=click.Choice(["f32", "bf16", "f16"]), default="f32", show_default=True,
+              help="Every other matrix: f32 (exact, and llama.cpp then multiplies in float32), bf16 (the stored "
+                   "bits; llama.cpp rounds activations to bf16 for it) or f16 (rounded). Norms and the router "
+                   "are always F32.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export_gguf_cmd(ckpt, out, experts, dense, force):
+    """Write CKPT's text decoder to OUT.gguf for llama.cpp (its `deepseek2` architecture, MLA absorbed).
+
+    Text only: the vision tower and projector stay in k25ref. Metadata comes from config.json, the
+    tokenizer from tiktoken.model (llama.cpp's `kimi-k2` pre-tokenizer). Reports how many INT4 groups
+    lose precision in Q4_0 (a bf16 scale that float16 cannot hold) and what llama.cpp computes
+    differently from the checkpoint's model. Needs the `gguf` package (pip install gguf).
+    """
+    from k25ref.gguf_export import export_gguf, format_report
+    report = export_gguf(ckpt, out, experts=experts, dense=dense, overwrite=force, progress=True)
+    for line in format_report(report):
+        click.echo(line)
+
+
+def _lengths(text):
+    try:
+        lengths = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of lengths like 1,7,33") from None
+    if not lengths or min(lengths) < 1:
+        raise click.BadParameter("lengths must be >= 1")
+    return lengths
+
+
+def _new_file(path, force, option):
+    if path and os.path.exists(path) and not force:
+        raise click.BadParameter(f"{path} exists (pass --force to replace it)", param_hint=option)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(file_okay=False, exists=True))
+@click.option("--runtime", "-r", type=click.Choice(["llama.cpp", "transformers", "npz", "k25ref"]), required=True,
+              help="What to check: llama.cpp (llama-cpp-python on a GGUF), transformers (the oracle), npz (a dump "
+                   "written by any runtime, see --dump) or k25ref itself (to write the reference dump).")
+@click.option("--dump", type=click.Path(dir_okay=False, exists=True),
+              help="npz runtime: the dump to check (format: docs/conformance.md; its input ids are the inputs).")
+@click.option("--gguf", "gguf_path", type=click.Path(dir_okay=False, exists=True),
+              help="llama.cpp runtime: this GGUF (default: export CKPT to a temporary one with --experts/--dense).")
+@click.option("--experts", type=click.Choice(["q4_0", "bf16", "f32"]), default=None,
+              help="llama.cpp runtime, when exporting: routed experts' type (see export-gguf).")
+@click.option("--dense", type=click.Choice(["f32", "bf16", "f16"]), default="f32", show_default=True,
+              help="llama.cpp runtime, when exporting: other matrices' type.")
+@click.option("--kv-cache", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="llama.cpp runtime: its KV cache type (f16 is llama.cpp's default).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="llama.cpp runtime: threads.")
+@click.option("--lengths", default=",".join(str(x) for x in (1, 2, 7, 33, 64)), show_default=True,
+              help="Random input lengths (ignored for a goldens case folder and for --dump, which carry their ids).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--greedy", "greedy_new", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Greedy tokens to compare from an 8-token prompt (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for machines).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Save a per-layer error plot here (PNG).")
+@click.option("--save-dump", type=click.Path(dir_okay=False), help="Also save the runtime's outputs as a dump.")
+@click.option("--force", is_flag=True, help="Replace --plot / --save-dump files that exist.")
+def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, lengths, seed, greedy_new, as_json,
+            plot, save_dump, force):
+    """Check a runtime against k25ref on CKPT's test inputs, and say where it departs.
+
+    CKPT is a checkpoint folder (random inputs, drawn as tools/make_goldens.py draws them) or a goldens
+    case folder (tests/goldens/<case>: its committed inputs). For every input length: logits relative
+    error, smallest cosine and argmax agreement, and -- where the runtime exposes them -- the first
+    intermediate (embed, attn_out, router choice, mlp_out, hidden, final_norm) outside its bar; then
+    greedy tokens up to k25ref's first near-tie. Exit 0 when every bar holds, 1 when the runtime departs.
+
+    \b
+    k25ref conform tests/goldens/yarn-groups -r llama.cpp --experts f32
+    k25ref conform CKPT -r k25ref --save-dump ref.npz    (the dump format, filled by k25ref)
+    k25ref conform CKPT -r npz --dump theirs.npz --plot layers.png
+    """
+    from k25ref import conform as cf
+    from k25ref.model import load_model
+    lengths = _lengths(lengths)
+    _new_file(plot, force, "--plot")
+    _new_file(save_dump, force, "--save-dump")
+    if (runtime == "npz") != (dump is not None):
+        raise click.UsageError("--dump goes with --runtime npz, and --runtime npz needs --dump")
+    if gguf_path and runtime != "llama.cpp":
+        raise click.UsageError("--gguf goes with --runtime llama.cpp")
+    case = cf.golden_case(ckpt)
+    folder = case[0] if case else ckpt
+    model = load_model(folder)
+    inputs = case[1] if case else cf.random_inputs(model.cfg, lengths, seed, greedy_new)
+    inputs["greedy_new"] = min(inputs.get("greedy_new", 0), greedy_new)
+    with _runtime(runtime, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs) as rt:
+        if runtime == "npz":
+            inputs = {**rt.inputs(), **({"greedy_new": 0} if not greedy_new else {})}
+        report = cf.run(rt, model, inputs)
+        report["checkpoint"] = folder
+        if save_dump:
+            cf.save_dump(save_dump, rt, inputs)
+    if plot:
+        cf.plot_layers(report, model.cfg.text, plot)
+    click.echo(cf.to_json(report) if as_json else "\n".join(cf.format_table(report)))
+    sys.exit(0 if report["passed"] else 1)
+
+
+class _runtime:
+    """The chosen runtime adapter, with a temporary GGUF for llama.cpp removed afterwards."""
+
+    def __init__(self, name, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs):
+        self.args = (name, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs)
+        self.tmp = None
+
+    def __enter__(self):
+        from k25ref import conform as cf
+        name, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs = self.args
+        if name == "k25ref":
+            return cf.K25ref(model)
+        if name == "npz":
+            return cf.Npz(dump)
+        if name == "transformers":
+            return cf.Transformers(folder)
+        if gguf_path is None:
+            import tempfile
+            from k25ref.gguf_export import export_gguf
+            self.tmp = tempfile.TemporaryDirectory()
+            gguf_path = os.path.join(self.tmp.name, "model.gguf")
+            for line in export_gguf(folder, gguf_path, experts, dense).notes:
+                click.echo(f"note: {line}", err=True)
+        longest = max([*inputs["lengths"].keys(), len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
+        return cf.LlamaCpp(gguf_path, n_ctx=max(64, longest + 8), threads=threads, kv_cache=kv_cache)
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
 if __name__ == "__main__":                     # python -m k25ref.cli, as the installed `k25ref`
     main(prog_name="k25ref")
