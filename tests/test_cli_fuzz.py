@@ -268,6 +268,7 @@ def check(command, argv, root, stdin=None):
         assert not foreign, (args, sorted(foreign))
         assert r.exit_code == 0 or not [p for p in changed if p not in before], (args, "a failed command left files")
         assert not [p for p in after if ".tmp" in os.path.basename(p)], (args, "a temporary file was left")
+        return r.exit_code
     finally:
         restore(root, saved, folders)
 
@@ -278,11 +279,20 @@ def check(command, argv, root, stdin=None):
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "chat"])
 def test_command_line_fuzz(command, sandbox):
+    seen = []
+
     @fuzz
     @given(command_lines(command))
     def run(argv):
-        check(command, argv, sandbox)
+        seen.append(check(command, argv, sandbox))
     run()
+    report(command, seen)
+
+
+def report(command, codes):
+    """How many examples ran and how they ended (hypothesis stops early once a small space is exhausted)."""
+    counts = {code: codes.count(code) for code in sorted(set(codes))}
+    print(f"\n{command}: {len(codes)} examples, exit codes {counts}")
 
 
 CHAT_LINES = st.lists(st.one_of(st.sampled_from([b"hello", b"/reset", b"", b"\xff\xfe", b"x" * 100_001,
@@ -291,8 +301,11 @@ CHAT_LINES = st.lists(st.one_of(st.sampled_from([b"hello", b"/reset", b"", b"\xf
 
 
 def test_chat_fuzz(sandbox):
+    seen = []
+
     @fuzz
     @given(command_lines("chat"), CHAT_LINES)
     def run(argv, lines):
-        check("chat", argv, sandbox, stdin=b"\n".join(lines) + (b"\n" if lines else b""))
+        seen.append(check("chat", argv, sandbox, stdin=b"\n".join(lines) + (b"\n" if lines else b"")))
     run()
+    report("chat", seen)
