@@ -53,15 +53,18 @@ class Group(click.Group):
             fail_line(e.format_message(), e.exit_code)
         except click.Abort:
             fail_line("interrupted", 130)
-        sys.exit(code if isinstance(code, int) else 0)
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except K25RefError as e:
             fail_line(e, e.exit_code)
-        except OSError as e:                            # after BrokenPipeError below: a subclass is handled there
-            if isinstance(e, BrokenPipeError):
+        except OSError as e:                            # the system refused a read or write: exit 1
+            if isinstance(e, BrokenPipeError):          # the reader went away (`| head`): nothing to report
                 sys.stderr.close()
                 ctx.exit(0)
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""

@@ -1,4 +1,4 @@
-"""The one error family k25ref raises for bad input: files, configs, media, prompts.
+"""The one error family k25ref raises for bad input: files, configs, media, prompts, non-finite numbers.
 
 Every message names what was wrong and where (file, tensor, field), so the CLI can print it as one
 line and exit with the code below. Anything else escaping k25ref is a bug in k25ref.

@@ -67,6 +67,15 @@ def sandbox(tmp_path_factory):
     shutil.copytree(inputs / "ckpt", inputs / "ckpt_fifo")
     os.remove(inputs / "ckpt_fifo" / "tokenizer_config.json")
     os.mkfifo(inputs / "ckpt_fifo" / "tokenizer_config.json")
+    damaged = {"ckpt_zero_config": lambda d: (os.remove(d / "config.json"), os.symlink("/dev/zero", d / "config.json")),
+               "ckpt_nan_config": lambda d: (d / "config.json").write_text(
+                   (d / "config.json").read_text().replace('"rope_theta": 50000.0', '"rope_theta": NaN')),
+               "ckpt_cut_shard": lambda d: os.truncate(d / "model-00001-of-00002.safetensors", 4000),
+               "ckpt_index_only": lambda d: [os.remove(p) for p in d.glob("*.safetensors")],
+               "ckpt_inf_norm": lambda d: poison_norm(d)}
+    for name, damage in damaged.items():
+        shutil.copytree(inputs / "ckpt", inputs / name)
+        damage(inputs / name)
     (root / "protected" / "target").write_text("not yours")
     for name in ("link.png", "link.json"):
         os.symlink(root / "protected" / "target", root / "out" / name)
@@ -78,6 +87,19 @@ def sandbox(tmp_path_factory):
     return root
 
 
+def poison_norm(d):
+    """Layer 1's post-attention norm weights all +inf (BF16 0x7F80): the forward pass turns non-finite there."""
+    import json
+    import struct
+    name = "language_model.model.layers.1.post_attention_layernorm.weight"
+    shard = d / json.loads((d / "model.safetensors.index.json").read_text())["weight_map"][name]
+    raw = bytearray(shard.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    begin, end = json.loads(raw[8:8 + n])[name]["data_offsets"]
+    raw[8 + n + begin:8 + n + end] = np.full((end - begin) // 2, 0x7F80, "<u2").tobytes()
+    shard.write_bytes(bytes(raw))
+
+
 def inputs(kinds):
     """A path strategy over input kinds (names under in/), plus missing files and folders."""
     return st.sampled_from(list(kinds) + ["missing", "no/such/parent/x"]).map(lambda k: ("in", k))
@@ -85,7 +107,8 @@ def inputs(kinds):
 
 FILES = inputs(["image.png", "video.gif", "empty.png", "random.bin", "text.txt", "folder", "fifo", "zero",
                 "dangling", "ckpt/config.json"])
-FOLDERS = inputs(["ckpt", "plain", "ckpt_fifo", "folder", "fifo", "zero", "text.txt"])
+FOLDERS = inputs(["ckpt", "plain", "ckpt_fifo", "ckpt_zero_config", "ckpt_nan_config", "ckpt_cut_shard",
+                  "ckpt_index_only", "ckpt_inf_norm", "folder", "fifo", "zero", "text.txt"])
 OUTPUTS = st.sampled_from(["new.png", "new.json", "new", "new.png.txt", "exists.png", "exists.json", "link.png",
                            "link.json", "full", "no/such/x.png", ".", "new.PNG"]).map(lambda k: ("out", k))
 MAKE_TINY_OUT = st.sampled_from(["fresh", "full", "exists.png", "no/such/x", "link.png"]).map(lambda k: ("out", k))
@@ -268,6 +291,7 @@ def check(command, argv, root, stdin=None):
         assert not foreign, (args, sorted(foreign))
         assert r.exit_code == 0 or not [p for p in changed if p not in before], (args, "a failed command left files")
         assert not [p for p in after if ".tmp" in os.path.basename(p)], (args, "a temporary file was left")
+        return r.exit_code
     finally:
         restore(root, saved, folders)
 
@@ -278,11 +302,20 @@ def check(command, argv, root, stdin=None):
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "chat"])
 def test_command_line_fuzz(command, sandbox):
+    seen = []
+
     @fuzz
     @given(command_lines(command))
     def run(argv):
-        check(command, argv, sandbox)
+        seen.append(check(command, argv, sandbox))
     run()
+    report(command, seen)
+
+
+def report(command, codes):
+    """How many examples ran and how they ended (hypothesis stops early once a small space is exhausted)."""
+    counts = {code: codes.count(code) for code in sorted(set(codes))}
+    print(f"\n{command}: {len(codes)} examples, exit codes {counts}")
 
 
 CHAT_LINES = st.lists(st.one_of(st.sampled_from([b"hello", b"/reset", b"", b"\xff\xfe", b"x" * 100_001,
@@ -291,8 +324,11 @@ CHAT_LINES = st.lists(st.one_of(st.sampled_from([b"hello", b"/reset", b"", b"\xf
 
 
 def test_chat_fuzz(sandbox):
+    seen = []
+
     @fuzz
     @given(command_lines("chat"), CHAT_LINES)
     def run(argv, lines):
-        check("chat", argv, sandbox, stdin=b"\n".join(lines) + (b"\n" if lines else b""))
+        seen.append(check("chat", argv, sandbox, stdin=b"\n".join(lines) + (b"\n" if lines else b"")))
     run()
+    report("chat", seen)
