@@ -54,6 +54,17 @@ def test_a_bar_draws_on_a_terminal_only(terminal, monkeypatch):
     assert piped.getvalue() == ""
 
 
+def test_a_bar_draws_while_a_long_first_step_runs(terminal, monkeypatch):
+    import time
+    monkeypatch.setattr(progress, "DELAY", 0.2)
+    with terminal as err:
+        for _ in progress.bar(range(2), desc="slow"):
+            time.sleep(0.6)
+            during = err.getvalue()
+            break
+    assert "slow:   0%" in during
+
+
 def test_quiet_silences_bars_and_notices(terminal):
     with terminal as err:
         progress.quiet(True)
