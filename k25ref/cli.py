@@ -307,7 +307,8 @@ def tokenize(args, model_dir):
 @main.command("make-tiny")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", default="tiny", show_default=True,
-              help="tiny | tiny-plain | tiny-groups (random weights in the released layout).")
+              help="tiny | tiny-plain | tiny-groups | k25-context (random weights in the released layout; "
+                   "k25-context: K2.5's RoPE/YaRN and 262144 positions at a small width, for long prompts).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the random weights.")
 @click.option("--shards", default=2, show_default=True, help="Number of safetensors shards.")
 def make_tiny_cmd(out, preset, seed, shards):

@@ -15,7 +15,7 @@ from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
 from k25ref.sampling import sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
-from k25ref.weights import Weights, validate, working_set
+from k25ref.weights import Weights, context_bytes, validate, working_set
 
 PREFILL_CHUNK = 512     # prompt tokens per pass through the layers (Model.forward): docs/long-context.md
 
@@ -26,7 +26,7 @@ class Model:
     def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
         # the budget less the working set of one forward pass (weights.working_set) holds cached weights
-        self.working_set = working_set(ckpt, cfg)
+        self.working_set, self.memory_budget = working_set(ckpt, cfg), memory_budget
         self.cache = WeightCache(None if memory_budget is None else max(0, memory_budget - self.working_set))
         self.stats = IOStats()
         prefetcher = Prefetcher() if memory_budget is not None else None
@@ -46,9 +46,25 @@ class Model:
             raise PromptError(f"token id {int(bad[0])} is outside the vocabulary [0, {V})")
         return ids.astype(np.int64)
 
-    def new_cache(self):
-        """Empty per-layer latent caches (c_kv, k_rope) for incremental decoding."""
-        return decoder.new_cache(self.cfg.text)
+    def new_cache(self, capacity=64):
+        """Empty per-layer latent caches (c_kv, k_rope) for incremental decoding, room for `capacity` positions."""
+        return decoder.new_cache(self.cfg.text, capacity)
+
+    def reserve(self, context, prefill_chunk=PREFILL_CHUNK):
+        """Under a memory budget: check that it holds the working set, a latent cache for `context` positions
+        and one chunk's activations (weights.context_bytes), and leave the weight cache what remains; if they
+        cannot fit, a PromptError with the numbers, before any work. Without a budget, nothing to do."""
+        if self.memory_budget is None:
+            return
+        cache, activations = context_bytes(self.cfg, context, prefill_chunk)
+        free = self.memory_budget - self.working_set - cache - activations
+        if free < 0:
+            gib = lambda n: f"{n / 2**30:.2f} GiB"                                   # noqa: E731
+            raise PromptError(f"{context} positions need {gib(cache)} of latent cache + {gib(activations)} of "
+                              f"activations (chunks of {prefill_chunk}) + a {gib(self.working_set)} working set, more "
+                              f"than the memory budget of {gib(self.memory_budget)}: raise it, lower the prefill "
+                              f"chunk or shorten the prompt")
+        self.cache.budget = free
 
     def embed(self, input_ids):  # (T,) -> (T, D)
         return self.weights.embedding_rows(self.check_ids(input_ids))
@@ -125,7 +141,8 @@ class Model:
         layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), grid_thw=grid_thw)
-        return self.forward(ids, self.new_cache(), capture, features=self.media_features(pixel_values, grid_thw,
+        self.reserve(len(ids), prefill_chunk)
+        return self.forward(ids, self.new_cache(len(ids)), capture, features=self.media_features(pixel_values, grid_thw,
                                                                                         capture), prefill_chunk=prefill_chunk)
 
     def media_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (M, D)
@@ -163,13 +180,14 @@ class Model:
             raise PromptError(f"prefill_chunk must be >= 1 (or None: the whole prompt at once), got {prefill_chunk}")
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), max_new_tokens, grid_thw)
+        self.reserve(len(ids) + max_new_tokens, prefill_chunk)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
                               pixel_values, grid_thw, absorbed, backend, prefill_chunk)
 
     def _generate(self, ids, max_new_tokens, temperature, top_p, top_k, rng, stops, pixel_values, grid_thw,
                   absorbed, backend, prefill_chunk):
-        cache = self.new_cache()
+        cache = self.new_cache(len(ids) + max_new_tokens)
         features = self.media_features(pixel_values, grid_thw, backend=backend) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=backend,
