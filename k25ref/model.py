@@ -51,20 +51,21 @@ class Model:
         return decoder.new_cache(self.cfg.text, capacity)
 
     def reserve(self, context, prefill_chunk=PREFILL_CHUNK):
-        """Under a memory budget: check that it holds the working set, a latent cache for `context` positions
-        and one chunk's activations (weights.context_bytes), and leave the weight cache what remains; if they
-        cannot fit, a PromptError with the numbers, before any work. Without a budget, nothing to do."""
+        """Under a memory budget: leave the weight cache what remains of it after the working set, a latent
+        cache for `context` positions and one chunk's activations (weights.context_bytes). A budget that holds
+        the working set but not the rest is a PromptError with the numbers, before any work; one below the
+        working set only turns the weight cache off, as it always did. Without a budget, nothing to do."""
         if self.memory_budget is None:
             return
         cache, activations = context_bytes(self.cfg, context, prefill_chunk)
         free = self.memory_budget - self.working_set - cache - activations
-        if free < 0:
+        if free < 0 <= self.memory_budget - self.working_set:
             gib = lambda n: f"{n / 2**30:.2f} GiB"                                   # noqa: E731
             raise PromptError(f"{context} positions need {gib(cache)} of latent cache + {gib(activations)} of "
                               f"activations (chunks of {prefill_chunk}) + a {gib(self.working_set)} working set, more "
                               f"than the memory budget of {gib(self.memory_budget)}: raise it, lower the prefill "
                               f"chunk or shorten the prompt")
-        self.cache.budget = free
+        self.cache.budget = max(0, free)
 
     def embed(self, input_ids):  # (T,) -> (T, D)
         return self.weights.embedding_rows(self.check_ids(input_ids))
