@@ -424,8 +424,9 @@ def tokenize(args, model_dir):
 @main.command("make-tiny")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--preset", default="tiny", show_default=True, type=click.Choice(TINY_PRESETS + ("full-width",)),
-              help="Random weights in the released layout: tiny | tiny-plain | tiny-groups, or full-width (the "
-                   "real K2.5 tensor shapes, fewer layers and experts: several GB).")
+              help="Random weights in the released layout: tiny | tiny-plain | tiny-groups | k25-context (K2.5's "
+                   "RoPE/YaRN and 262144 positions at a small width, for long prompts), or full-width (the real "
+                   "K2.5 tensor shapes, fewer layers and experts: several GB).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for the random weights.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Number of safetensors shards, at most one per layer plus the parts outside the layers "

@@ -31,9 +31,9 @@ class Rope:
         return cos_sin(np.arange(start, start + T), self.inv_freq, self.factor)
 
 
-def new_cache(cfg: TextConfig):
-    """One empty latent cache per layer."""
-    return [LatentCache(cfg.kv_lora_rank, cfg.qk_rope_head_dim) for _ in range(cfg.num_hidden_layers)]
+def new_cache(cfg: TextConfig, capacity=64):
+    """One empty latent cache per layer, with room for `capacity` positions before it grows."""
+    return [LatentCache(cfg.kv_lora_rank, cfg.qk_rope_head_dim, capacity) for _ in range(cfg.num_hidden_layers)]
 
 
 def routed_experts(i, x, idx, g, W: Weights, backend):  # (T, D), (T, A), (T, A) -> (T, D)

@@ -95,6 +95,14 @@ PRESETS = {
                                 "topk_group": 3, "num_hidden_layers": 2,
                                 "rope_scaling": {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16}},
                                None, 1024),
+    # long prompts without the real weights: K2.5's RoPE/YaRN (head dim 64, theta 5e4, factor 64 over 4096) and
+    # 262144 positions at a small width (docs/long-context.md)
+    "k25-context": _hub_config({**TINY_TEXT, "hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
+                                "num_hidden_layers": 2, "num_attention_heads": 16, "q_lora_rank": 128,
+                                "kv_lora_rank": 128, "qk_nope_head_dim": 32, "v_head_dim": 32,
+                                **{k: FULL_TEXT[k] for k in ("qk_rope_head_dim", "rope_theta", "rope_scaling",
+                                                             "max_position_embeddings")}},
+                               TINY_VISION, 4096),
     # the real Kimi K2.5 (for index-only inspection and the full-width synthetic maker)
     "full": _hub_config(FULL_TEXT, FULL_VISION, 163840),
 }

@@ -14,7 +14,7 @@ from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
 from k25ref.sampling import check_logits, sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
-from k25ref.weights import Weights, validate, working_set
+from k25ref.weights import Weights, context_bytes, validate, working_set
 
 PREFILL_CHUNK = 512     # prompt tokens per pass through the layers (Model.forward): docs/long-context.md
 
@@ -25,7 +25,7 @@ class Model:
     def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
         # the budget less the working set of one forward pass (weights.working_set) holds cached weights
-        self.working_set = working_set(ckpt, cfg)
+        self.working_set, self.memory_budget = working_set(ckpt, cfg), memory_budget
         self.cache = WeightCache(None if memory_budget is None else max(0, memory_budget - self.working_set))
         self.stats = IOStats()
         prefetcher = Prefetcher() if memory_budget is not None else None
@@ -45,9 +45,26 @@ class Model:
             raise PromptError(f"token id {int(bad[0])} is outside the vocabulary [0, {V})")
         return ids.astype(np.int64)
 
-    def new_cache(self):
-        """Empty per-layer latent caches (c_kv, k_rope) for incremental decoding."""
-        return decoder.new_cache(self.cfg.text)
+    def new_cache(self, capacity=64):
+        """Empty per-layer latent caches (c_kv, k_rope) for incremental decoding, room for `capacity` positions."""
+        return decoder.new_cache(self.cfg.text, capacity)
+
+    def reserve(self, context, prefill_chunk=PREFILL_CHUNK):
+        """Under a memory budget: leave the weight cache what remains of it after the working set, a latent
+        cache for `context` positions and one chunk's activations (weights.context_bytes). A budget that holds
+        the working set but not the rest is a PromptError with the numbers, before any work; one below the
+        working set only turns the weight cache off, as it always did. Without a budget, nothing to do."""
+        if self.memory_budget is None:
+            return
+        cache, activations = context_bytes(self.cfg, context, prefill_chunk)
+        free = self.memory_budget - self.working_set - cache - activations
+        if free < 0 <= self.memory_budget - self.working_set:
+            gib = lambda n: f"{n / 2**30:.2f} GiB"                                   # noqa: E731
+            raise PromptError(f"{context} positions need {gib(cache)} of latent cache + {gib(activations)} of "
+                              f"activations (chunks of {prefill_chunk}) + a {gib(self.working_set)} working set, more "
+                              f"than the memory budget of {gib(self.memory_budget)}: raise it, lower the prefill "
+                              f"chunk or shorten the prompt")
+        self.cache.budget = max(0, free)
 
     def embed(self, input_ids):  # (T,) -> (T, D)
         return self.weights.embedding_rows(self.check_ids(input_ids))
@@ -124,14 +141,15 @@ class Model:
         layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), grid_thw=grid_thw)
-        out = self.forward(ids, self.new_cache(), capture, features=self.media_features(pixel_values, grid_thw, capture),
-                           prefill_chunk=prefill_chunk)
+        self.reserve(len(ids), prefill_chunk)
+        out = self.forward(ids, self.new_cache(len(ids)), capture,
+                           features=self.media_features(pixel_values, grid_thw, capture), prefill_chunk=prefill_chunk)
         return check_logits(out, lambda: capture if capture is not None else self.trace(ids, pixel_values, grid_thw))
 
     def trace(self, input_ids, pixel_values=None, grid_thw=None):
         """Every named intermediate of a full pass (see `logits`), without checking them."""
         capture = {}
-        self.forward(input_ids, self.new_cache(), capture,
+        self.forward(input_ids, self.new_cache(len(input_ids)), capture,
                      features=self.media_features(pixel_values, grid_thw, capture))
         return capture
 
@@ -174,13 +192,14 @@ class Model:
             raise PromptError(f"prefill_chunk must be >= 1 (or None: the whole prompt at once), got {prefill_chunk}")
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), max_new_tokens, grid_thw)
+        self.reserve(len(ids) + max_new_tokens, prefill_chunk)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
                               pixel_values, grid_thw, absorbed, backend, prefill_chunk)
 
     def _generate(self, ids, max_new_tokens, temperature, top_p, top_k, rng, stops, pixel_values, grid_thw,
                   absorbed, backend, prefill_chunk):
-        cache, seen = self.new_cache(), list(ids)
+        cache, seen = self.new_cache(len(ids) + max_new_tokens), list(ids)
         features = self.media_features(pixel_values, grid_thw, backend=backend) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=backend,

@@ -16,7 +16,7 @@ import numpy as np
 from k25ref.checkpoint import fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight
-from k25ref.mla import MLAWeights
+from k25ref.mla import KEY_BLOCK, MLAWeights
 from k25ref.nn import Bf16Weight
 from k25ref.streaming import IOStats, Reader, WeightCache
 
@@ -202,6 +202,29 @@ def working_set(ckpt, cfg: KimiK25Config):
         experts = max(t.num_experts_per_tok * one, dequantized)
     head = 2 * min(HEAD_BLOCK, 4 * t.vocab_size * t.hidden_size)
     return max(per_layer) + max(f32.values()) + experts + head
+
+
+def context_bytes(cfg: KimiK25Config, context, chunk):  # -> (latent cache bytes, activation bytes)
+    """What a forward pass holds besides weights, for `context` positions run `chunk` tokens at a time:
+
+        latent cache    context * L * (Ckv + Dr) * 4                 float32, sized once for the whole context
+        activations     one chunk of R = min(chunk, context) rows:
+                          attention  H*R*(2B + Ckv + Dn + Dr + 2Dv) + B*H*(Dn + Dv)   scores and their exp for
+                                     a key block of B (mla.KEY_BLOCK), absorbed query, accumulator (H*R*Ckv
+                                     when absorbed: counted as the larger), one block's expanded keys/values
+                          rows       R*(6D + Cq + 2H*(Dn + Dr) + Ckv + Dr + H*Dv + 3F)  residual stream and its
+                                     norms, projections, the widest FFN's gate/up/product (F: dense, or top-k
+                                     experts' sum), + V for the logits row
+    An estimate from the shapes (tools/bench.py --long prints the measured peak RSS beside it); it grows with
+    the context only through the cache, and with the chunk linearly."""
+    t = cfg.text
+    H, D, Ckv, Dr, Dn, Dv = (t.num_attention_heads, t.hidden_size, t.kv_lora_rank, t.qk_rope_head_dim,
+                             t.qk_nope_head_dim, t.v_head_dim)
+    R, B = min(chunk or context, context), min(KEY_BLOCK, context)
+    F = max(t.intermediate_size, t.num_experts_per_tok * t.moe_intermediate_size)
+    attention = H * R * (2 * B + max(Ckv, Dv) + Dn + Dr + 2 * Dv) + B * H * (Dn + Dv)
+    rows = R * (6 * D + (t.q_lora_rank or 0) + 2 * H * (Dn + Dr) + Ckv + Dr + H * Dv + 3 * F) + t.vocab_size
+    return context * t.num_hidden_layers * (Ckv + Dr) * 4, 4 * (attention + rows)
 
 
 class Weights:

@@ -161,3 +161,20 @@ def test_long_prompt_matches_the_oracle(tmp_path):
     for backend, absorbed in (("numpy", False), ("numba", True)):
         out = model.forward(ids, model.new_cache(), absorbed=absorbed, backend=backend)
         assert rel_err(out, ref) <= make_goldens.TOLERANCES["k25ref_rel"], (backend, rel_err(out, ref))
+
+
+def test_memory_budget_counts_the_context(long_dir):
+    """A budget that holds the working set but not a 4000-position cache and its chunk is refused with the
+    numbers; a larger one runs, and leaves the weight cache what the context does not take."""
+    from k25ref.weights import context_bytes
+    probe = k25ref.load_model(long_dir)
+    cache, activations = context_bytes(probe.cfg, 4000, PREFILL_CHUNK)
+    assert cache == 4000 * probe.cfg.text.num_hidden_layers * (32 + 8) * 4
+    assert context_bytes(probe.cfg, 4000, 64)[1] < activations            # smaller chunks, less memory
+    tight = k25ref.load_model(long_dir, memory_budget=probe.working_set + cache)
+    with pytest.raises(PromptError, match=r"4000 positions need .* GiB of latent cache .* memory budget"):
+        tight.generate(np.ones(3990, np.int64), 10)
+    budget = probe.working_set + cache + activations + (1 << 20)
+    roomy = k25ref.load_model(long_dir, memory_budget=budget)
+    next(roomy.generate(np.ones(100, np.int64), 3900, stop_ids=()))
+    assert roomy.cache.budget == 1 << 20

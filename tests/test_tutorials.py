@@ -26,8 +26,8 @@ def run(path, figures, *args, env=None):
     return proc, time.perf_counter() - t0
 
 
-def test_there_are_nine_tutorials_and_no_notebooks():
-    assert [p.name[:2] for p in TUTORIALS] == [f"{k:02d}" for k in range(1, 10)]
+def test_there_are_ten_tutorials_and_no_notebooks():
+    assert [p.name[:2] for p in TUTORIALS] == [f"{k:02d}" for k in range(1, 11)]
     assert not list((ROOT / "tutorials").glob("*.ipynb")), "commit the .py source, never the .ipynb"
 
 

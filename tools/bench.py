@@ -4,6 +4,7 @@
     python tools/bench.py --configs tiny,small,medium --json
     python tools/bench.py --markdown > docs/performance.md
     python tools/bench.py --profile small        # cProfile of k25ref decoding (numba path), then exit
+    python tools/bench.py --long                 # long prompts: speed and memory against length (bench_long.py)
 
 What one run does:
 1. Builds released-layout checkpoints (k25ref.make_tiny with edited hub configs, INT4 experts, text only)
@@ -507,6 +508,9 @@ def profile(name, workdir, n=16):
 
 
 def main():
+    if "--long" in sys.argv[1:]:                       # prompt length sweeps: tools/bench_long.py
+        import bench_long
+        return bench_long.main([arg for arg in sys.argv[1:] if arg != "--long"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  epilog="A progress bar on stderr counts the runs (on a terminal; -q hides it).")
     ap.add_argument("--configs", default="tiny,small", help=f"comma-separated, of: {', '.join(SHAPES)} "
