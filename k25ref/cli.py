@@ -609,7 +609,7 @@ def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, l
     with _runtime(runtime, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs) as rt:
         if runtime == "npz":
             inputs = {**rt.inputs(), **({"greedy_new": 0} if not greedy_new else {})}
-        report = cf.run(rt, model, inputs)
+        report = cf.run(rt, model, inputs, progress=True)
         report["checkpoint"] = folder
         if save_dump:
             cf.save_dump(save_dump, rt, inputs)
@@ -643,7 +643,8 @@ class _runtime:
             for line in export_gguf(folder, gguf_path, experts, dense).notes:
                 click.echo(f"note: {line}", err=True)
         longest = max([*inputs["lengths"].keys(), len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
-        return cf.LlamaCpp(gguf_path, n_ctx=max(64, longest + 8), threads=threads, kv_cache=kv_cache)
+        return cf.LlamaCpp(gguf_path, model.cfg.text, n_ctx=max(64, longest + 8), threads=threads,
+                           kv_cache=kv_cache)
 
     def __exit__(self, *exc):
         if self.tmp is not None:

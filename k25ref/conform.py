@@ -208,26 +208,34 @@ def compare_greedy(tokens, ref_tokens, ref_margins):
     first = int(differ[0]) if differ.size else None
     return {"steps": n, "clear_steps": clear, "first_difference": first,
             "equal_prefix": first if first is not None else n,
+            "margin_at_difference": None if first is None else float(ref_margins[first]),
             "passed": first is None or first >= clear}
 
 
-def run(runtime, model, inputs, greedy=True, progress=None):
-    """Run `runtime` (an adapter) and k25ref on the inputs; -> the report dict (see format_table)."""
-    lengths = []
+def run(runtime, model, inputs, memo=None, progress=False):
+    """Run `runtime` (an adapter) and k25ref on the inputs; -> the report dict (see format_table). `memo` (a
+    dict) keeps k25ref's results for the next runtime on the same inputs."""
+    from tqdm import tqdm
+    memo = {} if memo is None else memo
+    lengths, greedy_new = [], inputs.get("greedy_new", 0)
+    steps = tqdm(total=len(inputs["lengths"]) + bool(greedy_new), desc=f"conform {runtime.name}", unit="input",
+                 disable=not progress, leave=False)
     for T, ids in inputs["lengths"].items():
-        out, ref = runtime.forward(ids), reference(model, ids)
+        out = runtime.forward(ids)
+        key = ("seq", tuple(int(i) for i in ids))
+        ref = memo[key] = memo[key] if key in memo else reference(model, ids)
         lengths.append({"length": int(T), **compare_one(out, ref, model.cfg.text)})
-        if progress:
-            progress(T)
+        steps.update()
     report = {"runtime": runtime.name, "versions": runtime.versions(), "bars": BARS, "lengths": lengths,
               "greedy": None}
-    if greedy and inputs.get("greedy_new"):
-        prompt, n = inputs["greedy_prompt"], inputs["greedy_new"]
-        tokens = runtime.greedy(prompt, n)
-        if tokens is not None:
-            ref_tokens, ref_margins = k25ref_greedy(model, prompt, n)
-            report["greedy"] = {**compare_greedy(tokens, ref_tokens, ref_margins), "tokens": [int(t) for t in tokens],
-                                "k25ref_tokens": ref_tokens.tolist()}
+    tokens = runtime.greedy(inputs["greedy_prompt"], greedy_new) if greedy_new else None
+    if tokens is not None:
+        key = ("greedy", tuple(int(i) for i in inputs["greedy_prompt"]), greedy_new)
+        ref_tokens, ref_margins = memo[key] = memo[key] if key in memo else \
+            k25ref_greedy(model, inputs["greedy_prompt"], greedy_new)
+        report["greedy"] = {**compare_greedy(tokens, ref_tokens, ref_margins), "tokens": [int(t) for t in tokens],
+                            "k25ref_tokens": ref_tokens.tolist()}
+    steps.close()
     report["passed"] = passed(report)
     return report
 
@@ -336,29 +344,31 @@ class Transformers:
 
 class LlamaCpp:
     """llama.cpp through llama-cpp-python on a deepseek2 GGUF: logits of every position (logits_all), greedy
-    decoding with its own KV cache. `kv_cache` is its cache type (llama.cpp's default is f16)."""
+    decoding with its own KV cache (`kv_cache`: its type, llama.cpp's default f16), and intermediates read
+    through llama.cpp's eval callback (`LlamaCppTaps`)."""
     name = "llama.cpp"
 
-    def __init__(self, gguf_path, n_ctx=512, threads=None, kv_cache="f16"):
+    def __init__(self, gguf_path, cfg, n_ctx=512, threads=None, kv_cache="f16"):
         try:
             import llama_cpp
         except ImportError:
             raise ConformError("the llama.cpp runtime needs llama-cpp-python: pip install -e \".[peer]\" "
                                "(it builds llama.cpp from source, ~20 min on 2 cores)") from None
-        self.llama_cpp = llama_cpp
+        self.llama_cpp, self.kv_cache = llama_cpp, kv_cache
         cache = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_cache]
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                    logits_all=True, n_threads=threads, n_threads_batch=threads, type_k=cache,
                                    type_v=cache, verbose=False)
-        self.kv_cache = kv_cache
+        self.taps = LlamaCppTaps(self.llm, cfg)
 
     def versions(self):
         return {"llama_cpp_python": self.llama_cpp.__version__, "kv_cache": self.kv_cache}
 
     def forward(self, ids):
         self.llm.reset()
-        self.llm.eval([int(i) for i in ids])
-        return {"logits": np.array(self.llm.scores[:len(ids)], np.float32)}
+        with self.taps as taps:
+            self.llm.eval([int(i) for i in ids])
+        return {"logits": np.array(self.llm.scores[:len(ids)], np.float32), **taps.intermediates(len(ids))}
 
     def greedy(self, prompt, n):
         self.llm.reset()
@@ -367,6 +377,77 @@ class LlamaCpp:
             self.llm.eval([int(i) for i in ids])
             return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
         return greedy_with_margins(step, prompt, n)[0]
+
+
+class LlamaCppTaps:
+    """llama.cpp's named graph tensors, copied out by its eval callback (`cb_eval`) while a batch runs, mapped
+    to k25ref's capture names (src/models/deepseek2.cpp names them):
+
+        embd -> embed            l_out-i -> layers.i.hidden           result_norm -> final_norm
+        ffn_out-i -> layers.i.mlp_out                                 ffn_inp-i - (l_out-(i-1) or embd)
+        ffn_moe_argsort-i[:, :A] -> layers.i.router_indices                      -> layers.i.attn_out
+        ffn_moe_weights_scaled-i (else _norm / plain) -> layers.i.router_weights
+
+    The callback needs a context created with it, so a second context replaces the Llama's first one."""
+    WANTED = ("embd", "l_out", "ffn_out", "ffn_inp", "result_norm", "ffn_moe_argsort", "ffn_moe_weights",
+              "ffn_moe_weights_norm", "ffn_moe_weights_scaled")
+
+    def __init__(self, llm, cfg):
+        import ctypes
+        import llama_cpp
+        from llama_cpp import _ggml, _internals
+        self.cfg, self.on, self.got, self.ctypes = cfg, False, {}, ctypes
+        lib = _ggml.libggml
+        lib.ggml_get_name.restype, lib.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        lib.ggml_nbytes.restype, lib.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        self.lib = lib
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._tap)   # kept alive with self
+        llm.context_params.cb_eval = self.callback
+        llm._ctx = llm._stack.enter_context(__import__("contextlib").closing(
+            _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)))
+
+    def _tap(self, tensor, ask, user_data):
+        name = self.lib.ggml_get_name(tensor).decode()
+        base = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+        if ask:
+            return self.on and base in self.WANTED
+        buf = np.empty(self.lib.ggml_nbytes(tensor), np.uint8)
+        self.lib.ggml_backend_tensor_get(tensor, buf.ctypes.data, 0, buf.nbytes)
+        self.got[name] = buf
+        return True
+
+    def __enter__(self):
+        self.on, self.got = True, {}
+        return self
+
+    def __exit__(self, *exc):
+        self.on = False
+
+    def intermediates(self, T):
+        """What the last batch left, as (T, ...) arrays under k25ref's names."""
+        t, got = self.cfg, self.got
+        rows = lambda name, dtype=np.float32: got[name].view(dtype).reshape(T, -1)   # noqa: E731
+        out = {}
+        if "embd" in got:
+            out["embed"] = rows("embd")
+        for i in range(t.num_hidden_layers):
+            prev = out.get(f"layers.{i - 1}.hidden") if i else out.get("embed")
+            if f"ffn_inp-{i}" in got and prev is not None:
+                out[f"layers.{i}.attn_out"] = rows(f"ffn_inp-{i}") - prev
+            if f"ffn_moe_argsort-{i}" in got:
+                out[f"layers.{i}.router_indices"] = rows(f"ffn_moe_argsort-{i}", np.int32)[:, :t.num_experts_per_tok]
+                for w in ("ffn_moe_weights_scaled", "ffn_moe_weights_norm", "ffn_moe_weights"):
+                    if f"{w}-{i}" in got:
+                        scale = 1.0 if w == "ffn_moe_weights_scaled" else t.routed_scaling_factor
+                        out[f"layers.{i}.router_weights"] = rows(f"{w}-{i}") * np.float32(scale)
+                        break
+            for src, dst in ((f"ffn_out-{i}", "mlp_out"), (f"l_out-{i}", "hidden")):
+                if src in got:
+                    out[f"layers.{i}.{dst}"] = rows(src)
+        if "result_norm" in got:
+            out["final_norm"] = rows("result_norm")
+        return out
 
 
 # ----------------------------------------------------------------------------
@@ -404,7 +485,8 @@ def format_table(report):
     if g is not None:
         tie = f"; k25ref's first near-tie (margin < {BARS['greedy_margin']:g}) at step {g['clear_steps']}" \
             if g["clear_steps"] < g["steps"] else ""
-        lines.append(f"greedy: {g['equal_prefix']}/{g['steps']} tokens equal before the first difference{tie}")
+        at = "" if g["first_difference"] is None else f" (k25ref's margin there {g['margin_at_difference']:.2e})"
+        lines.append(f"greedy: {g['equal_prefix']}/{g['steps']} tokens equal before the first difference{at}{tie}")
     lines.append("PASS: within every bar" if report["passed"] else "FAIL: outside the bars above")
     return lines
 

@@ -174,12 +174,15 @@ def test_transformers_passes():
 
 
 @pytest.mark.peer
-@pytest.mark.parametrize("experts,agrees", [("f32", True), ("q4_0", False)])
-def test_llama_cpp(experts, agrees):
-    """llama.cpp with f32 experts agrees at the logits bar; with Q4_0 experts (activations rounded to 8 bits
-    for its integer dot products) it departs."""
+@pytest.mark.parametrize("experts,kv_cache,departs_at", [("f32", "f32", None), ("f32", "f16", "layers.0.attn_out"),
+                                                         ("q4_0", "f32", "layers.1.mlp_out")])
+def test_llama_cpp(experts, kv_cache, departs_at):
+    """llama.cpp on an exported GGUF: with f32 experts and an f32 cache it is within every bar; its f16 KV cache
+    departs in the first attention block; Q4_0 experts (activations rounded to 8 bits for its integer dot
+    products) depart in the first MoE block. All three are named by the tool."""
     pytest.importorskip("llama_cpp")
-    r = cli(CASE, "-r", "llama.cpp", "--experts", experts, "--json", "--threads", "1")
+    r = cli(CASE, "-r", "llama.cpp", "--experts", experts, "--kv-cache", kv_cache, "--json", "--threads", "1")
     report = json.loads(r.stdout)
-    worst = max(row["logits_rel"] for row in report["lengths"])
-    assert (worst < cf.BARS["logits_rel"]) == agrees, worst
+    assert r.exit_code == (0 if departs_at is None else 1), r.output
+    assert {row["first_departure"] and row["first_departure"]["name"] for row in report["lengths"]} == {departs_at}
+    assert all(row["cosine_min"] > 0.99 for row in report["lengths"])
