@@ -15,14 +15,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
-LIMIT_SECONDS = 60            # per tutorial; together they take ~40 s on a laptop CPU (docs/index.md)
+HANG_SECONDS = 600            # a guard against a hang, not a speed check: times are in docs/index.md
 
 
 def run(path, figures, *args, env=None):
     env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=LIMIT_SECONDS * 3)
+                          timeout=HANG_SECONDS)
     return proc, time.perf_counter() - t0
 
 
@@ -52,7 +52,6 @@ def test_tutorial_runs(path, tmp_path):
     pictures = list(tmp_path.glob(f"{path.name[:2]}_*.png"))
     assert pictures, f"{path.name} drew no figure into --figures"
     assert all(p.stat().st_size > 5000 for p in pictures), "an empty figure"
-    assert seconds < LIMIT_SECONDS, f"{path.name} took {seconds:.1f} s"
     print(f"\n{path.name}: {seconds:.1f} s, {len(pictures)} figure(s)")
 
 
@@ -143,7 +142,7 @@ def test_a_tutorial_runs_as_a_notebook(tmp_path):
     out = tmp_path / "03_mla.ipynb"
     proc = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--execute", "--output", str(out),
                            str(source)], cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True,
-                          text=True, timeout=LIMIT_SECONDS * 3)
+                          text=True, timeout=HANG_SECONDS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     notebook = nbformat.read(out, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -158,7 +157,7 @@ def test_without_figures_a_tutorial_says_where_they_went_and_leaves_no_temporary
     env = {**os.environ, "MPLBACKEND": "Agg", "TMPDIR": str(tmp)}
     env.pop("K25REF_FIGURES", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "02_rmsnorm_rope_yarn.py")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=LIMIT_SECONDS * 3)
+                          env=env, capture_output=True, text=True, timeout=HANG_SECONDS)
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = tmp_path / "k25ref-figures"
     assert f"figures go to {folder}" in proc.stdout
