@@ -223,7 +223,7 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
     t0 = time.perf_counter()
     first, n = None, 0
     for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
-                                backend=backend, prefill_chunk=prefill_chunk, **kw):
+                                backend=backend, prefill_chunk=prefill_chunk, progress=True, **kw):
         first = first or time.perf_counter()
         out.write(token)
         n += 1

@@ -12,6 +12,7 @@ from k25ref import decoder, multimodal, projector
 from k25ref.checkpoint import Checkpoint
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
+from k25ref.progress import bar as progress_bar
 from k25ref.sampling import check_logits, sample
 from k25ref.streaming import IOStats, Prefetcher, Reader, WeightCache
 from k25ref.weights import Weights, context_bytes, validate, working_set
@@ -99,14 +100,15 @@ class Model:
                               f"model's context of {n} (max_position_embeddings): shorten the prompt or ask fewer tokens")
 
     def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy",
-                features=None, prefill_chunk=PREFILL_CHUNK):
+                features=None, prefill_chunk=PREFILL_CHUNK, progress=False):
         """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
 
         The tokens go through the layers `prefill_chunk` at a time (None or 0: all at once): each chunk appends
         its latents to the cache and attends to everything before it, so a prompt's activations and attention
         scores take memory for one chunk, not for T tokens. The logits are the same (tests/test_long_context.py).
         `features` (M, D): media rows for the prompt's M placeholder ids, spliced chunk by chunk (see
-        embed_prompt); `embeds` (T, D) replaces the embedding lookup altogether."""
+        embed_prompt); `embeds` (T, D) replaces the embedding lookup altogether. `progress`: a bar over the
+        chunks on stderr when there are several and stderr is a terminal."""
         ids = self.check_ids(input_ids)
         T, start = len(ids), cache[0].length
         self.check_context(T, start=start)
@@ -116,6 +118,7 @@ class Model:
             raise PromptError(f"the prompt has {before[-1]} media placeholder tokens (id {media}) but the "
                               f"images/video give {len(features)} feature rows")
         C, out, parts = prefill_chunk or T, [], []
+        bar = progress_bar(total=T, desc="prompt", unit="tok", disable=not progress or T <= C)
         for a in range(0, T, C):
             b = min(a + C, T)
             if embeds is not None:
@@ -130,6 +133,8 @@ class Model:
                                      backend, logits=not last_only or b == T)
             out += [] if logits is None else [logits]
             parts += [] if part is None else [part]
+            bar.update(b - a)
+        bar.close()
         if capture is not None:
             capture.update({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return np.concatenate(out) if len(out) > 1 else out[0]
@@ -142,8 +147,8 @@ class Model:
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), grid_thw=grid_thw)
         self.reserve(len(ids), prefill_chunk)
-        out = self.forward(ids, self.new_cache(len(ids)), capture,
-                           features=self.media_features(pixel_values, grid_thw, capture), prefill_chunk=prefill_chunk)
+        features = self.media_features(pixel_values, grid_thw, capture)
+        out = self.forward(ids, self.new_cache(len(ids)), capture, features=features, prefill_chunk=prefill_chunk)
         return check_logits(out, lambda: capture if capture is not None else self.trace(ids, pixel_values, grid_thw))
 
     def trace(self, input_ids, pixel_values=None, grid_thw=None):
@@ -173,7 +178,8 @@ class Model:
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
-                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy", prefill_chunk=PREFILL_CHUNK):
+                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy", prefill_chunk=PREFILL_CHUNK,
+                 progress=False):
         """Yield new token ids one at a time: prefill the prompt (in chunks of `prefill_chunk` tokens, see
         forward), then decode with the latent cache.
 
@@ -182,28 +188,29 @@ class Model:
         Generation ends after max_new_tokens or at a stop id, which is not yielded;
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
         Bad arguments, and a prompt plus max_new_tokens longer than the context, raise PromptError at the
-        call, before any work.
+        call, before any work. `progress`: a bar over the prompt's chunks (see forward).
         """
         if (not 0 <= temperature < np.inf or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0      # NaN fails too
                 or not (seed is None or 0 <= seed)):
             raise PromptError("need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0 "
                               "and seed None or >= 0")
         if prefill_chunk is not None and prefill_chunk < 0:
-            raise PromptError(f"prefill_chunk must be >= 1 (or None: the whole prompt at once), got {prefill_chunk}")
+            raise PromptError(f"prefill_chunk must be a number of tokens >= 1 (0 or None: the whole prompt at once), "
+                              f"got {prefill_chunk}")
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), max_new_tokens, grid_thw)
         self.reserve(len(ids) + max_new_tokens, prefill_chunk)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
-                              pixel_values, grid_thw, absorbed, backend, prefill_chunk)
+                              pixel_values, grid_thw, absorbed, backend, prefill_chunk, progress)
 
     def _generate(self, ids, max_new_tokens, temperature, top_p, top_k, rng, stops, pixel_values, grid_thw,
-                  absorbed, backend, prefill_chunk):
+                  absorbed, backend, prefill_chunk, progress):
         cache, seen = self.new_cache(len(ids) + max_new_tokens), list(ids)
         features = self.media_features(pixel_values, grid_thw, backend=backend) if max_new_tokens else None
         for _ in range(max_new_tokens):
             logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=backend,
-                                  prefill_chunk=prefill_chunk)[-1]
+                                  prefill_chunk=prefill_chunk, progress=progress)[-1]
             check_logits(logits, lambda: self.trace(seen, pixel_values, grid_thw))
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:

@@ -3,7 +3,8 @@
     python tools/bench.py --long                                     # k25-context, 1K/4K/16K/32K, both paths
     python tools/bench.py --long --checkpoints full-width --lengths 8192 --budget 4GiB
     python tools/bench.py --long --lengths 1024 --engines numba,numba-oneshot     # chunking vs one shot
-    python tools/bench.py --long --json > long.json; python tools/bench.py --long --from-json long.json --plot f.png
+    python tools/bench.py --long --json > long.json      # then, for docs/long-context.md:
+    python tools/bench.py --long --from-json long.json full.json --plot docs/figures/long_context_bench.png
 
 What one run does:
 1. Builds the checkpoints once into --workdir: `k25-context` (the make-tiny preset: K2.5's RoPE/YaRN, 262144
@@ -194,7 +195,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     ap.add_argument("--plot", metavar="PNG", help="also save the log-log plot of time and memory here")
-    ap.add_argument("--from-json", metavar="FILE", help="render a saved --json report instead of measuring")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE", help="render saved --json reports (their checkpoints "
+                                                                     "merged) instead of measuring")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -209,8 +211,12 @@ def main(argv=None):
         print(json.dumps(result))
         return
     if a.from_json:
-        with open(a.from_json) as f:
-            report = json.load(f)
+        report = {"checkpoints": {}, "gemm": 0.0}
+        for name in a.from_json:
+            with open(name) as f:
+                saved = json.load(f)
+            report.update(threads=saved["threads"], gemm=max(report["gemm"], saved["gemm"]))
+            report["checkpoints"].update(saved["checkpoints"])
     else:
         from k25ref.cli import _parse_bytes
         from k25ref.config import load_config
