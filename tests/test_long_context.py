@@ -116,15 +116,18 @@ def _cli(*args, stdin=None):
 
 
 def test_cli_too_long_prompt_is_one_line_and_exit_6():
-    """The embedded model has 1024 positions: generate (text, media, chat template) and chat all refuse at once."""
+    """The embedded model has 1024 positions: generate (text, media, chat template) refuses at once with exit 6;
+    chat refuses that line alone, in one line, and the session goes on."""
     long_text = "ROMEO: " * 1200
     res = _cli("generate", "--raw", "--backend", "numpy", "-", stdin=long_text)
     assert res.returncode == 6 and res.stdout == "", res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "context of 1024" in res.stderr
     res = _cli("generate", "-n", "1000", "hello")
     assert res.returncode == 6 and "max_new_tokens (1000)" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    res = _cli("chat", stdin=long_text + "\n")
-    assert res.returncode == 6 and "context of 1024" in res.stderr.splitlines()[-1]
+    res = _cli("chat", "-n", "4", stdin=long_text + "\nWho art thou?\n/exit\n")   # chat: that line's error only
+    errors = [line for line in res.stderr.splitlines() if line.startswith("k25ref: error:")]
+    assert len(errors) == 1 and "context of 1024" in errors[0], res.stderr
+    assert res.returncode == 0 and res.stdout.count(">>> ") == 3 and res.stdout.split(">>> ")[2].strip()
 
 
 def test_cli_image_too_large_for_the_context(tmp_path):
