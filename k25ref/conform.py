@@ -173,8 +173,8 @@ def compare_one(out, ref, cfg):
     """One input length: logits figures, every intermediate the runtime gave, the first departure."""
     row = {"logits_rel": rel_err(out["logits"], ref["logits"]), "cosine_min": min_cosine(out["logits"], ref["logits"]),
            "argmax_equal": int((np.argmax(out["logits"], -1) == np.argmax(ref["logits"], -1)).sum()),
-           "positions": int(len(ref["logits"])), "intermediates": {}, "router_sets_differ": {}, "router_ties_flipped": {},
-           "first_departure": None}
+           "positions": int(len(ref["logits"])), "intermediates": {}, "router_sets_differ": {},
+           "router_ties_flipped": {}, "first_departure": None}
     for name in forward_order(cfg):
         if name not in out:
             continue
