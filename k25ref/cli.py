@@ -588,7 +588,7 @@ def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, l
     greedy tokens up to k25ref's first near-tie. Exit 0 when every bar holds, 1 when the runtime departs.
 
     \b
-    k25ref conform tests/goldens/yarn-groups -r llama.cpp --experts f32
+    k25ref conform tests/goldens/yarn-groups -r llama.cpp --experts f32 --kv-cache f32
     k25ref conform CKPT -r k25ref --save-dump ref.npz    (the dump format, filled by k25ref)
     k25ref conform CKPT -r npz --dump theirs.npz --plot layers.png
     """

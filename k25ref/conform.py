@@ -157,15 +157,16 @@ def forward_order(cfg):
     return names + ["final_norm"]
 
 
-def compare_router(out_idx, out_w, ref, i):  # -> (tokens whose set differs among non-ties, weights rel err)
+def compare_router(out_idx, out_w, ref, i):  # -> (tokens whose set differs: non-ties, ties; weights rel err)
     p = f"layers.{i}."
     ok = ref[p + "router_margin"] >= BARS["router_tie"]
-    differ = [t for t in np.nonzero(ok)[0] if set(out_idx[t]) != set(ref[p + "router_indices"][t])]
-    same = ok & ~np.isin(np.arange(len(ok)), differ)
+    flipped = np.array([set(o) != set(r) for o, r in zip(out_idx, ref[p + "router_indices"])], bool)
+    differ, ties = np.nonzero(ok & flipped)[0].tolist(), int((~ok & flipped).sum())
+    same = ok & ~flipped
     if out_w is None or not same.any():
-        return differ, 0.0
+        return differ, ties, 0.0
     order = lambda idx, w: np.take_along_axis(w, np.argsort(idx, axis=-1), axis=-1)[same]   # noqa: E731
-    return differ, rel_err(order(out_idx, out_w), order(ref[p + "router_indices"], ref[p + "router_weights"]))
+    return differ, ties, rel_err(order(out_idx, out_w), order(ref[p + "router_indices"], ref[p + "router_weights"]))
 
 
 def compare_one(out, ref, cfg):
@@ -173,14 +174,15 @@ def compare_one(out, ref, cfg):
     row = {"logits_rel": rel_err(out["logits"], ref["logits"]), "cosine_min": min_cosine(out["logits"], ref["logits"]),
            "argmax_equal": int((np.argmax(out["logits"], -1) == np.argmax(ref["logits"], -1)).sum()),
            "positions": int(len(ref["logits"])), "intermediates": {}, "router_sets_differ": {},
-           "first_departure": None}
+           "router_ties_flipped": {}, "first_departure": None}
     for name in forward_order(cfg):
         if name not in out:
             continue
         if name.endswith("router_indices"):
             i = int(name.split(".")[1])
-            differ, err = compare_router(out[name], out.get(f"layers.{i}.router_weights"), ref, i)
+            differ, ties, err = compare_router(out[name], out.get(f"layers.{i}.router_weights"), ref, i)
             row["router_sets_differ"][name] = len(differ)
+            row["router_ties_flipped"][name] = ties              # either choice is right; what follows differs
             row["intermediates"][f"layers.{i}.router_weights"] = err
             bad = None
             if differ:                                         # error: how many tokens chose other experts
@@ -479,6 +481,8 @@ def format_table(report):
                                           if d["name"].endswith("router_indices") else
                                           f"{d['name']} rel {d['error']:.2e} > {d['bar']:g}")
         where += "" if r["intermediates"] else " (no intermediates exposed)"
+        ties = sum(r["router_ties_flipped"].values())
+        where += f"; {ties} near-tie router choice(s) went the other way" if ties else ""
         lines.append(f"{r['length']:>6}  {r['logits_rel']:>10.2e}  {r['cosine_min']:>10.6f}  "
                      f"{r['argmax_equal']:>4}/{r['positions']:<4}  {where}")
     g = report["greedy"]

@@ -211,10 +211,10 @@ class Exporter:
                      lambda proj=proj: np.stack([one(i, e, proj) for e in range(E)]))
 
     def add_all(self, writer):
-        expected = [n for n in expected_tensors(self.cfg) if n.startswith(("language_model.",))]
-        for name in expected:
+        """Every text tensor in the release's order; a layer's routed experts at its first expert's place."""
+        for name in (n for n in expected_tensors(self.cfg) if n.startswith("language_model.")):
             if ".mlp.experts." in name:
-                if name.endswith(("experts.0.gate_proj.weight", "experts.0.gate_proj.weight_packed")):
+                if name.endswith((".experts.0.gate_proj.weight", ".experts.0.gate_proj.weight_packed")):
                     self.add_experts(writer, int(name[len(TEXT + "layers."):].split(".")[0]))
             elif name.endswith("kv_b_proj.weight"):
                 self.add_kv_b(writer, name)

@@ -186,3 +186,18 @@ def test_llama_cpp(experts, kv_cache, departs_at):
     assert r.exit_code == (0 if departs_at is None else 1), r.output
     assert {row["first_departure"] and row["first_departure"]["name"] for row in report["lengths"]} == {departs_at}
     assert all(row["cosine_min"] > 0.99 for row in report["lengths"])
+
+
+@pytest.mark.peer
+def test_llama_cpp_tokenizes_like_k25ref(tmp_path):
+    """The exported vocabulary, merges and `kimi-k2` pre-tokenizer give llama.cpp k25ref's ids."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from k25ref.gguf_export import export_gguf
+    from k25ref.model import default_model_path
+    from k25ref.tokenizer import Tokenizer
+    export_gguf(default_model_path(), str(tmp_path / "nano.gguf"))
+    llm = llama_cpp.Llama(str(tmp_path / "nano.gguf"), n_ctx=64, verbose=False)
+    tok = Tokenizer.from_pretrained(default_model_path())
+    for text in ["ROMEO: But soft, what light through yonder window breaks?", "Hello  world\n\n  it's 12345 <|im_end|>",
+                 "naïve café 東京 ünïcode\t\r\n", "[BOS]<think>x</think>"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok.encode(text), text
