@@ -162,10 +162,11 @@ def online_softmax_step(s, diag, scale, m, l, acc):  # (H, T, B), int, float, (H
 
 def attend_blocked(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig, scale, absorbed=False,
                    block=None, step=online_softmax_step):  # -> (T, H*Dv)
-    """attend_naive / attend_absorbed over keys in blocks of `block` (None: KEY_BLOCK), with the online softmax (`step`: the
-    NumPy reference above, or the kernel of kernels/mla_blocked.py). Every product is one BLAS call per block
-    (absorbed: queries of all heads against the shared latent, (H*T, Ckv) @ (Ckv, B)). Holds the (H, T, B)
-    scores of one block, the accumulator (H, T, Ckv or Dv) and, naive, one block's expanded keys and values."""
+    """attend_naive / attend_absorbed over keys in blocks of `block` (None: KEY_BLOCK), with the online softmax
+    (`step`: the NumPy reference above, or the kernel of kernels/mla_blocked.py). Every product is one BLAS
+    call per block (absorbed: queries of all heads against the shared latent, (H*T, Ckv) @ (Ckv, B)). Holds the
+    (H, T, B) scores of one block, the accumulator (H, T, Ckv or Dv) and, naive, one block's expanded keys and
+    values."""
     T, S, H, Dn, Dv = q_nope.shape[0], c_kv.shape[0], cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
     block = block or KEY_BLOCK
     wkv_b = w.kv_b_proj.reshape(H, Dn + Dv, -1)                                # (H, Dn+Dv, Ckv)

@@ -96,8 +96,9 @@ class Model:
         need = start + prompt_tokens + max_new_tokens
         if need > n:
             what = f"the prompt ({prompt_tokens} tokens)" + (f" after {start} cached" if start else "")
-            raise PromptError(f"{what} plus max_new_tokens ({max_new_tokens}) need {need} positions, more than the "
-                              f"model's context of {n} (max_position_embeddings): shorten the prompt or ask fewer tokens")
+            raise PromptError(f"{what} plus max_new_tokens ({max_new_tokens}) need {need} positions, more than "
+                              f"the model's context of {n} (max_position_embeddings): shorten the prompt or ask "
+                              f"fewer tokens")
 
     def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy",
                 features=None, prefill_chunk=PREFILL_CHUNK, progress=False):

@@ -7,8 +7,10 @@ import pytest
 
 import k25ref
 from k25ref.errors import CheckpointError
+from k25ref.model import PREFILL_CHUNK
 from k25ref.streaming import WeightCache
 from k25ref.summary import summarize
+from k25ref.weights import context_bytes
 
 IDS = [7, 300, 21, 4000, 9, 12]
 
@@ -41,17 +43,21 @@ def test_budget_is_never_exceeded(tiny_dir):
 
 def test_budget_bounds_the_whole_model(tiny_dir):
     """Everything the decoder allocates (traced by tracemalloc: weights, working set, activations) stays inside
-    the budget when the budget is the working set plus an eighth of the checkpoint: the kernels' path, which
+    the budget when the budget is the working set, the context's cache and activations (weights.context_bytes)
+    plus an eighth of the checkpoint: the kernels' path, which
     keeps a layer's matrices as stored and stacks one token's experts at a time."""
     import tracemalloc
     size = sum(os.path.getsize(os.path.join(tiny_dir, f)) for f in os.listdir(tiny_dir) if f.endswith(".safetensors"))
-    budget = k25ref.load_model(tiny_dir).working_set + size // 8
+    probe = k25ref.load_model(tiny_dir)
+    context = sum(context_bytes(probe.cfg, len(IDS * 4) + 8, PREFILL_CHUNK))  # latent cache + a chunk's activations
+    budget = probe.working_set + context + size // 8
     list(k25ref.load_model(tiny_dir, memory_budget=budget).generate(IDS, 2, stop_ids=(), backend="numba"))  # JIT
     model = k25ref.load_model(tiny_dir, memory_budget=budget)
-    assert model.cache.budget == size // 8
+    generation = model.generate(IDS * 4, 8, stop_ids=(), backend="numba")
+    assert model.cache.budget == size // 8                         # what the context leaves the weight cache
     tracemalloc.start()
     try:
-        tokens = list(model.generate(IDS * 4, 8, stop_ids=(), backend="numba"))
+        tokens = list(generation)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

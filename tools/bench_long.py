@@ -219,7 +219,6 @@ def main(argv=None):
             report["checkpoints"].update(saved["checkpoints"])
     else:
         from k25ref.cli import _parse_bytes
-        from k25ref.config import load_config
         budget = _parse_bytes(a.budget) if a.budget else None
         lengths = [int(n) for n in a.lengths.split(",")]
         report = {"threads": a.threads, "budget": budget, "gemm": 0.0, "checkpoints": {}}

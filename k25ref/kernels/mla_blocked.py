@@ -13,8 +13,10 @@ thread, between two BLAS products, like the vision kernels (kernels/vision_block
 after a product, and a parallel region started then waits for them).
 
 A few new tokens (decoding) attend through mla_decode's kernel instead when absorbed: their products are
-too small for BLAS to pay, and a BLAS call between numba's parallel kernels stalls on the other's threads. Checked by tests/test_kernels.py::test_online_softmax_matches_reference (also with
-NUMBA_DISABLE_JIT=1) and, through attend_blocked, against the one-shot attention in tests/test_long_context.py.
+too small for BLAS to pay, and a BLAS call between numba's parallel kernels stalls on the other's threads.
+
+Checked by tests/test_kernels.py::test_online_softmax_matches_reference (also with NUMBA_DISABLE_JIT=1) and,
+through attend_blocked, against the one-shot attention in tests/test_kernels.py and tests/test_long_context.py.
 """
 import numpy as np
 
