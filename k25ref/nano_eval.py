@@ -147,9 +147,9 @@ class Tally:
     def add(self, score):
         self.n += 1
         self.exact += score["exact"]
-        for attr in score.keys() - {"exact"}:
+        for attr, (hits, count) in ((a, v) for a, v in score.items() if a != "exact"):
             h, c = self.hits.get(attr, (0, 0))
-            self.hits[attr] = (h + score[attr][0], c + score[attr][1])
+            self.hits[attr] = (h + hits, c + count)
 
     def summary(self):
         return {"n": self.n, "exact_match": self.exact / self.n if self.n else 0.0,

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import tempfile
+import textwrap
 
 import numpy as np
 
@@ -52,16 +53,17 @@ def plot(found, png):
     import matplotlib.pyplot as plt
     cols = 2
     rows = max(1, -(-len(found) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (picture, kind, truth, got, chunks) in zip(axes.flat, found):
         ax.imshow(picture)
         what = "image" if kind == "image" else f"clip, {chunks} chunk{'s' if chunks > 1 else ''} (first/mid/last frame)"
-        ax.set_title(f"{what}\ntruth: {truth}\nmodel: {got}", fontsize=7.5, loc="left")
+        text = "\n".join(textwrap.wrap(f"truth: {truth}", 70) + textwrap.wrap(f"model: {got}", 70))
+        ax.set_title(f"{what}\n{text}", fontsize=7.5, loc="left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=80)
 
 
 def main(argv=None):

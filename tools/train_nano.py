@@ -6,6 +6,7 @@
     python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
+    python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
 
 The model IS transformers' `Kimi_K25ForConditionalGeneration`, built from the nano's hub config.json through
 `tools/oracle.native_config`, so what is trained is exactly what the oracle (and k25ref) computes:
@@ -17,7 +18,8 @@ Data, drawn fresh every step from `--seed`:
 - text: 128-token windows of data/tinyshakespeare/train.txt (raw continuation, no template);
 - chat/text: the real chat template (thinking off), user = the start of a window, assistant = what follows;
 - chat/image and chat/video: user = an image (or 4-8 frame video) from k25ref.shapes + "Describe the
-  image." / "Describe the video.", assistant = its caption. Pixels come from k25ref.media.preprocess_image /
+  image." / "Describe the video.", assistant = its caption; with --varied, that share of them comes from
+  shapes.varied_image / varied_video instead (other frames, backgrounds, looks, 1-10 fps clips of 1-4 chunks). Pixels come from k25ref.media.preprocess_image /
   preprocess_video, the inference pipeline itself. Loss only on the assistant reply and its <|im_end|>.
 Media features are computed by calling the vision tower and the projector directly, one video chunk at a
 time (transformers' get_image_features mis-splits chunks with t > 1), and spliced over the <|media_pad|>
