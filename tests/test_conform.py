@@ -76,7 +76,7 @@ def test_perturbed_dump_fails_at_the_perturbed_block(reference_dump, tmp_path, k
     """An error of 1e-3 (relative) injected into one dumped tensor is found there, and first."""
     bad = perturbed(reference_dump, tmp_path, key, lambda x: x + 1e-3 * np.abs(x).max() * np.sign(x))
     r = cli(CASE, "-r", "npz", "--dump", bad, "--json")
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 8, r.output
     report = json.loads(r.stdout)
     T, name = int(key.split(".")[0][3:]), key.split(".", 1)[1]
     rows = {row["length"]: row for row in report["lengths"]}
@@ -119,7 +119,7 @@ def test_logits_only_dump_and_greedy_difference(reference_dump, tmp_path):
     arrays["greedy.tokens"][3] = (arrays["greedy.tokens"][3] + 1) % 1000
     np.savez(tmp_path / "lean.npz", **arrays)
     r = cli(CASE, "-r", "npz", "--dump", tmp_path / "lean.npz")
-    assert r.exit_code == 1 and "3/32 tokens equal" in r.output and "no intermediates exposed" in r.output
+    assert r.exit_code == 8 and "3/32 tokens equal" in r.output and "no intermediates exposed" in r.output
 
 
 def test_table_json_and_plot(reference_dump, tmp_path):

@@ -36,7 +36,7 @@ HEADER = [
     "`k25ref --quiet` hides bars and notices.\n",
     "Exit codes: 0 ok, 1 the system refused a read or write, 2 bad input or usage, 3 config, 4 checkpoint, "
     "5 media, 6 prompt, 7 numerics ([`k25ref/errors.py`](../k25ref/errors.py), [trust.md](trust.md)); "
-    "130 on Ctrl-C.\n",
+    "8 from `conform` when the runtime departs from k25ref; 130 on Ctrl-C.\n",
 ]
 
 
