@@ -14,6 +14,10 @@ Sizes, aspect ratios, backgrounds, colour tints and object sizes are random, so 
 pixels: nothing about the caption can be guessed from the image geometry. Everything is drawn with Pillow
 from a `numpy.random.Generator`, so a seed fixes a data set exactly.
 
+`varied_image` / `varied_video` draw the same grammar with everything incidental drawn wider (frame shapes,
+backgrounds, looks, file passes, 1-10 fps clips of 1-4 chunks) for training; `k25ref.shapes_eval` draws it
+with code of its own, for evaluation only.
+
 `parse_caption` reads a caption back into objects; `score_caption` compares a generated caption with the
 truth attribute by attribute (what `k25ref eval-nano` reports).
 """
