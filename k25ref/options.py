@@ -6,9 +6,14 @@ any work starts -- and a bad value is one usage line (exit 2) that names the opt
     Size()                  bytes: 4G = 4GB = 4e9, 512MiB = 512 * 2^20, 1e9 (decimal K M G T, binary KiB .. TiB)
     OutputFile(".png", ...) a file to write exactly there: that extension, an existing folder, no directory in
                             the way, and no existing file unless --force (the eager FORCE option) was given
+
+and, for the argparse tools behind `k25ref bench`, ArgumentParser (errors in one line, exit 2) with the types
+positive_int, size_arg, names_arg(allowed) and lengths_arg.
 """
+import argparse
 import math
 import re
+import sys
 
 import click
 
@@ -34,6 +39,18 @@ _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
 
 
+def parse_size(text):  # "4G" -> 4_000_000_000
+    """A byte count written like 4G, 4GB, 512MiB, 1e9 or 0 -> int; ValueError saying what is wrong."""
+    match = _SIZE.fullmatch(str(text))
+    unit = match and match.group(2).upper().removesuffix("B")
+    if not match or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size like 4G, 4GB, 512MiB or 1e9")
+    number = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(number) or number > 2**63 - 1:
+        raise ValueError(f"{text!r} is more bytes than any machine has")
+    return int(number)
+
+
 class Size(click.ParamType):
     """A byte count written like 4G, 4GB, 512MiB, 1e9 or 0: non-negative and finite, at most 2^63-1."""
 
@@ -42,14 +59,10 @@ class Size(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        match = _SIZE.fullmatch(str(value))
-        unit = match and match.group(2).upper().removesuffix("B")
-        if not match or unit not in _UNITS:
-            self.fail(f"{value!r} is not a size like 4G, 4GB, 512MiB or 1e9", param, ctx)
-        number = float(match.group(1)) * _UNITS[unit]
-        if not math.isfinite(number) or number > 2**63 - 1:
-            self.fail(f"{value!r} is more bytes than any machine has", param, ctx)
-        return int(number)
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class OutputFile(click.ParamType):
@@ -68,3 +81,48 @@ class OutputFile(click.ParamType):
 
 
 FORCE = click.option("--force", is_flag=True, is_eager=True, help="Replace output files that already exist.")
+
+
+# ----------------------------------------------------------------------------
+# the same contract for the argparse tools behind `k25ref bench`
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit 2, like every k25ref command's."""
+
+    def error(self, message):
+        sys.stderr.write(f"k25ref: error: {self.prog}: {message}\n")
+        sys.exit(2)
+
+
+def positive_int(text):  # argparse type: "3" -> 3, a count of at least 1
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return n
+
+
+def size_arg(text):  # argparse type: "4GiB" -> 4 * 2**30
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def names_arg(allowed):
+    """argparse type: a comma-separated list of names from `allowed`, checked and returned as written."""
+    def convert(text):
+        names = text.split(",")
+        if not all(n in allowed for n in names):
+            raise argparse.ArgumentTypeError(f"{text!r}: comma-separated names from {', '.join(allowed)}")
+        return text
+    return convert
+
+
+def lengths_arg(text):  # argparse type: "1024,4096" -> "1024,4096", each a whole number >= 1
+    for n in text.split(","):
+        positive_int(n)
+    return text

@@ -111,3 +111,23 @@ def test_a_bare_group_shows_its_help():
     for argv in ([], ["swarm"]):
         r = CliRunner().invoke(main, argv)
         assert r.exit_code == 2 and "Commands:" in r.output and "k25ref: error" not in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "--threads: '0' must be at least 1"),
+    (["--repeat", "two"], "--repeat: 'two' is not a whole number"),
+    (["--configs", "tiny,huge"], "--configs: 'tiny,huge'"),
+    (["--engines", ""], "--engines: ''"),
+    (["--profile", "huge"], "--profile: invalid choice"),
+    (["--long", "--lengths", "1024,-5"], "--lengths: '-5' must be at least 1"),
+    (["--long", "--budget", "4 bananas"], "--budget: '4 bananas' is not a size"),
+    (["--long", "--checkpoints", "nope"], "--checkpoints: 'nope'"),
+])
+def test_bench_options_are_one_line_usage_errors(args, message):
+    """`k25ref bench` hands its options to tools/bench.py (argparse): the same contract as click's commands."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "k25ref.cli", "bench", *args], capture_output=True, text=True,
+                       timeout=120, cwd=pathlib.Path(__file__).parents[1])
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("k25ref: error:") and message in r.stderr, r.stderr

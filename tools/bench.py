@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from k25ref.options import ArgumentParser, names_arg, positive_int  # noqa: E402
 from k25ref.progress import bar, quiet  # noqa: E402
 
 PREFILL, DECODE = 128, 64
@@ -511,23 +512,23 @@ def main():
     if "--long" in sys.argv[1:]:                       # prompt length sweeps: tools/bench_long.py
         import bench_long
         return bench_long.main([arg for arg in sys.argv[1:] if arg != "--long"])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    ap = ArgumentParser(prog="k25ref bench", description=__doc__.split("\n")[0],
                                  epilog="A progress bar on stderr counts the runs (on a terminal; -q hides it).")
-    ap.add_argument("--configs", default="tiny,small", help=f"comma-separated, of: {', '.join(SHAPES)} "
+    ap.add_argument("--configs", default="tiny,small", type=names_arg(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)} "
                                                             "(default: %(default)s)")
-    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)} "
+    ap.add_argument("--engines", default=",".join(ENGINES), type=names_arg(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)} "
                     "(default: all; the oracle ones need torch and transformers: pip install -e '.[oracle]')")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "k25ref-bench"),
                     help="where the checkpoints are written once and reused (default: $TMPDIR/k25ref-bench)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count(),
                     help="threads for numba, torch and BLAS (default: all cores)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per engine, round robin; the best is kept "
+    ap.add_argument("--repeat", type=positive_int, default=2, help="runs per engine, round robin; the best is kept "
                                                           "(default: %(default)s)")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ap.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     ap.add_argument("--markdown", action="store_true", help="docs/performance.md on stdout")
     ap.add_argument("--no-vision", action="store_true", help="skip the vision encode benchmark")
-    ap.add_argument("--profile", metavar="CONFIG", help="cProfile k25ref decoding on CONFIG and exit")
+    ap.add_argument("--profile", metavar="CONFIG", choices=SHAPES, help="cProfile k25ref decoding on CONFIG and exit")
     ap.add_argument("--from-json", nargs="+", metavar="FILE", help="render saved --json reports instead of measuring")
     ap.add_argument("--startup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
@@ -554,10 +555,6 @@ def main():
                 reports.append(json.load(f))
         print(markdown(reports) if a.markdown else "\n\n".join(text_table(r) for r in reports))
         return
-    unknown = [e for e in a.engines.split(",") if e not in ENGINES] + [c for c in a.configs.split(",") if c not in SHAPES]
-    if unknown:
-        ap.error(f"unknown engine or config {', '.join(unknown)}; engines: {', '.join(ENGINES)}; "
-                 f"configs: {', '.join(SHAPES)}")
     engines = usable_engines(a.engines.split(","))
     if a.quiet:
         quiet()

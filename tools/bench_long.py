@@ -35,6 +35,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from k25ref.options import ArgumentParser, lengths_arg, names_arg, positive_int, size_arg  # noqa: E402
 
 DECODE, CHUNK = 8, 512
 ENGINES = ["numpy", "numba", "numpy-oneshot", "numba-oneshot"]
@@ -186,13 +187,13 @@ def describe(path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bench.py --long", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoints", default="k25-context", help=f"comma-separated, of: {', '.join(CHECKPOINTS)}")
-    ap.add_argument("--lengths", default="1024,4096,16384,32768", help="prompt lengths, comma-separated")
-    ap.add_argument("--engines", default="numpy,numba", help=f"comma-separated, of: {', '.join(ENGINES)}")
-    ap.add_argument("--budget", default=None, help="memory_budget for the workers, e.g. 4GiB (default: none)")
+    ap = ArgumentParser(prog="k25ref bench --long", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoints", default="k25-context", type=names_arg(CHECKPOINTS), help=f"comma-separated, of: {', '.join(CHECKPOINTS)}")
+    ap.add_argument("--lengths", default="1024,4096,16384,32768", type=lengths_arg, help="prompt lengths, comma-separated")
+    ap.add_argument("--engines", default="numpy,numba", type=names_arg(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
+    ap.add_argument("--budget", default=None, type=size_arg, help="memory_budget for the workers, e.g. 4GiB (default: none)")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "k25ref-bench"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count())
     ap.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     ap.add_argument("--plot", metavar="PNG", help="also save the log-log plot of time and memory here")
     ap.add_argument("--from-json", nargs="+", metavar="FILE", help="render saved --json reports (their checkpoints "
@@ -218,8 +219,7 @@ def main(argv=None):
             report.update(threads=saved["threads"], gemm=max(report["gemm"], saved["gemm"]))
             report["checkpoints"].update(saved["checkpoints"])
     else:
-        from k25ref.cli import _parse_bytes
-        budget = _parse_bytes(a.budget) if a.budget else None
+        budget = a.budget
         lengths = [int(n) for n in a.lengths.split(",")]
         report = {"threads": a.threads, "budget": budget, "gemm": 0.0, "checkpoints": {}}
         for name in a.checkpoints.split(","):

@@ -91,7 +91,7 @@ def run_child(folder, budget, tokens):
 
 
 def main():
-    from k25ref.cli import _parse_bytes
+    from k25ref.options import parse_size
     from k25ref.make_tiny import make_full_width
     from k25ref.summary import summarize
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -108,7 +108,7 @@ def main():
         make_full_width(folder, a.layers, a.experts, progress=True)
     s = summarize(folder)
     bw = disk_bandwidth(folder)
-    budget = _parse_bytes(a.budget)
+    budget = parse_size(a.budget)
     stream = run_child(folder, budget, a.tokens)
     eager = None if a.no_eager else run_child(folder, None, a.tokens)
     lower = s["bytes_read_per_decoded_token"]
