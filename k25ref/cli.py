@@ -15,6 +15,7 @@ import click
 
 from k25ref import __version__
 from k25ref.errors import K25RefError, PromptError
+from k25ref.files import atomic_path
 from k25ref.make_tiny import PRESETS
 from k25ref.model import PREFILL_CHUNK, default_model_path
 from k25ref.options import FORCE, SEED, Finite, OutputFile, Size
@@ -465,7 +466,6 @@ def inspect_image(path, force, plot):
     """How MoonViT sees an image: original, resized and padded sizes, patch grid and token count."""
     from k25ref import media
     if plot:
-        from k25ref.files import atomic_path
         with atomic_path(plot) as tmp:               # complete or absent; a symlink there is replaced, not followed
             info = media.plot_patch_grid(path, tmp)
     else:
@@ -513,8 +513,9 @@ main.add_command(swarm)
 
 
 @main.command("export-gguf")
-@click.argument("ckpt", type=click.Path(file_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@FORCE
+@click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=OutputFile(".gguf"))
 @click.option("--experts", type=click.Choice(["q4_0", "bf16", "f32"]), default=None,
               help="Routed experts: q4_0 repacks the INT4 codes bit for bit (a Q4_0 block is an INT4 group with "
                    "its scale as float16); bf16 / f32 write bf16(q * scale), the values k25ref computes with. "
@@ -523,8 +524,7 @@ main.add_command(swarm)
               help="Every other matrix: f32 (exact, and llama.cpp then multiplies in float32), bf16 (the stored "
                    "bits; llama.cpp rounds activations to bf16 for it) or f16 (rounded). Norms and the router "
                    "are always F32.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def export_gguf_cmd(ckpt, out, experts, dense, force):
+def export_gguf_cmd(force, ckpt, out, experts, dense):
     """Write CKPT's text decoder to OUT.gguf for llama.cpp (its `deepseek2` architecture, MLA absorbed).
 
     Text only: the vision tower and projector stay in k25ref. Metadata comes from config.json, the
@@ -548,11 +548,6 @@ def _lengths(text):
     return lengths
 
 
-def _new_file(path, force, option):
-    if path and os.path.exists(path) and not force:
-        raise click.BadParameter(f"{path} exists (pass --force to replace it)", param_hint=option)
-
-
 @main.command()
 @click.argument("ckpt", type=click.Path(file_okay=False, exists=True))
 @click.option("--runtime", "-r", type=click.Choice(["llama.cpp", "transformers", "npz", "k25ref"]), required=True,
@@ -571,13 +566,13 @@ def _new_file(path, force, option):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="llama.cpp runtime: threads.")
 @click.option("--lengths", default=",".join(str(x) for x in (1, 2, 7, 33, 64)), show_default=True,
               help="Random input lengths (ignored for a goldens case folder and for --dump, which carry their ids).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random inputs.")
 @click.option("--greedy", "greedy_new", type=click.IntRange(min=0), default=32, show_default=True,
               help="Greedy tokens to compare from an 8-token prompt (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for machines).")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Save a per-layer error plot here (PNG).")
-@click.option("--save-dump", type=click.Path(dir_okay=False), help="Also save the runtime's outputs as a dump.")
-@click.option("--force", is_flag=True, help="Replace --plot / --save-dump files that exist.")
+@FORCE
+@click.option("--plot", type=OutputFile(".png"), help="Save a per-layer error plot to this .png file.")
+@click.option("--save-dump", type=OutputFile(".npz"), help="Also save the runtime's outputs as a dump (.npz).")
 def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, lengths, seed, greedy_new, as_json,
             plot, save_dump, force):
     """Check a runtime against k25ref on CKPT's test inputs, and say where it departs.
@@ -596,8 +591,6 @@ def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, l
     from k25ref import conform as cf
     from k25ref.model import load_model
     lengths = _lengths(lengths)
-    _new_file(plot, force, "--plot")
-    _new_file(save_dump, force, "--save-dump")
     if (runtime == "npz") != (dump is not None):
         raise click.UsageError("--dump goes with --runtime npz, and --runtime npz needs --dump")
     if gguf_path and runtime != "llama.cpp":
@@ -613,9 +606,11 @@ def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, l
         report = cf.run(rt, model, inputs, progress=True)
         report["checkpoint"] = folder
         if save_dump:
-            cf.save_dump(save_dump, rt, inputs)
+            with atomic_path(save_dump) as tmp:          # complete or absent; a symlink there is replaced
+                cf.save_dump(tmp, rt, inputs)
     if plot:
-        cf.plot_layers(report, model.cfg.text, plot)
+        with atomic_path(plot) as tmp:
+            cf.plot_layers(report, model.cfg.text, tmp)
     click.echo(cf.to_json(report) if as_json else "\n".join(cf.format_table(report)))
     sys.exit(0 if report["passed"] else DEPARTS)
 

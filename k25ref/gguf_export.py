@@ -34,7 +34,6 @@ reported as a note (see `llama_cpp_notes`).
 Same as (facts, not code): llama.cpp conversion/deepseek.py DeepseekV2Model, src/models/deepseek2.cpp.
 """
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +41,7 @@ import numpy as np
 from k25ref.checkpoint import Checkpoint, bf16_to_f32, f32_to_bf16, to_float32
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import ConfigError, K25RefError
+from k25ref.files import atomic_path, output_problem
 from k25ref.int4 import dequantize, unpack
 from k25ref.streaming import WeightCache
 from k25ref.weights import LM_HEAD, TEXT, Weights, expected_tensors, layer_prefix, validate
@@ -379,22 +379,19 @@ def default_experts(cfg: KimiK25Config):
 def export_gguf(folder, out, experts=None, dense="f32", overwrite=False, progress=False) -> ExportReport:
     """Write the text decoder of the checkpoint in `folder` to the GGUF file `out` (see the module doc).
 
-    The file appears only when complete (written beside `out`, then renamed); an existing `out` is an
-    error unless overwrite=True."""
+    The file appears only when complete (written beside `out`, then renamed); `out` must end in .gguf, its folder
+    must exist, and an existing `out` is an error unless overwrite=True."""
     gguf = _gguf()
     cfg = load_config(folder)
     experts = experts or default_experts(cfg)
     check_exportable(cfg, experts, dense)
-    if os.path.exists(out) and not overwrite:
-        raise K25RefError(f"{out} already exists (pass --force to replace it)")
-    if os.path.isdir(out):
-        raise K25RefError(f"{out} is a folder")
+    problem = output_problem(out, (".gguf",), overwrite)
+    if problem:
+        raise K25RefError(problem)
     ckpt = Checkpoint(folder, progress)
     validate(ckpt, cfg)
     report = ExportReport(path=str(out), notes=llama_cpp_notes(cfg))
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".gguf", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DEEPSEEK2])
         add_metadata(writer, cfg, os.path.basename(os.path.abspath(folder)))
         writer.add_file_type({"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
@@ -405,10 +402,6 @@ def export_gguf(folder, out, experts=None, dense="f32", overwrite=False, progres
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return report
 
 

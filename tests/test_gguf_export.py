@@ -280,3 +280,18 @@ def test_cli_reports_and_rejects_bad_options(tmp_path):
     r = CliRunner().invoke(main, ["export-gguf", golden("plain-bias"), str(tmp_path / "y.gguf")])
     assert r.exit_code == 3 and "attention_bias" in r.output and "Traceback" not in r.output
 
+
+
+@pytest.mark.parametrize("name, message", [("m.bin", "must end in .gguf"), ("no-such-folder/m.gguf", "does not exist")])
+def test_output_path_is_checked_before_any_work(tmp_path, name, message):
+    r = CliRunner().invoke(main, ["export-gguf", golden("yarn-groups"), str(tmp_path / name)])
+    assert r.exit_code == 2 and message in r.output and os.listdir(tmp_path) == []
+
+
+def test_a_symlinked_output_is_replaced_not_written_through(tmp_path):
+    target, link = tmp_path / "elsewhere.gguf", tmp_path / "m.gguf"
+    target.write_bytes(b"mine")
+    link.symlink_to(target)
+    r = CliRunner().invoke(main, ["export-gguf", golden("yarn-groups"), str(link), "--force", "--experts", "f32"])
+    assert r.exit_code == 0, r.output
+    assert target.read_bytes() == b"mine" and not link.is_symlink() and read(str(link))[1]
