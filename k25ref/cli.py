@@ -603,11 +603,12 @@ def conform(ckpt, runtime, dump, gguf_path, experts, dense, kv_cache, threads, l
     with _runtime(runtime, folder, model, dump, gguf_path, experts, dense, kv_cache, threads, inputs) as rt:
         if runtime == "npz":
             inputs = {**rt.inputs(), **({"greedy_new": 0} if not greedy_new else {})}
-        report = cf.run(rt, model, inputs, progress=True)
+        outputs = {} if save_dump else None
+        report = cf.run(rt, model, inputs, progress=True, outputs=outputs)
         report["checkpoint"] = folder
         if save_dump:
             with atomic_path(save_dump) as tmp:          # complete or absent; a symlink there is replaced
-                cf.save_dump(tmp, rt, inputs)
+                cf.save_dump(tmp, outputs, inputs)
     if plot:
         with atomic_path(plot) as tmp:
             cf.plot_layers(report, model.cfg.text, tmp)
@@ -638,8 +639,7 @@ class _runtime:
             gguf_path = os.path.join(self.tmp.name, "model.gguf")
             for line in export_gguf(folder, gguf_path, experts, dense).notes:
                 click.echo(f"note: {line}", err=True)
-        longest = max([*inputs["lengths"].keys(), len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
-        return cf.LlamaCpp(gguf_path, model.cfg.text, n_ctx=max(64, longest + 8), threads=threads,
+        return cf.LlamaCpp(gguf_path, model.cfg.text, inputs, threads=threads,
                            kv_cache=kv_cache)
 
     def __exit__(self, *exc):

@@ -214,9 +214,10 @@ def compare_greedy(tokens, ref_tokens, ref_margins):
             "passed": first is None or first >= clear}
 
 
-def run(runtime, model, inputs, memo=None, progress=False):
+def run(runtime, model, inputs, memo=None, progress=False, outputs=None):
     """Run `runtime` (an adapter) and k25ref on the inputs; -> the report dict (see format_table). `memo` (a
-    dict) keeps k25ref's results for the next runtime on the same inputs."""
+    dict) keeps k25ref's results for the next runtime on the same inputs; `outputs` (a dict), if given, receives
+    the runtime's own results for save_dump: {T: its arrays} and "greedy": its tokens."""
     from tqdm import tqdm
     memo = {} if memo is None else memo
     lengths, greedy_new = [], inputs.get("greedy_new", 0)
@@ -224,6 +225,8 @@ def run(runtime, model, inputs, memo=None, progress=False):
                  disable=not progress, leave=False)
     for T, ids in inputs["lengths"].items():
         out = runtime.forward(ids)
+        if outputs is not None:
+            outputs[T] = out
         key = ("seq", tuple(int(i) for i in ids))
         ref = memo[key] = memo[key] if key in memo else reference(model, ids)
         lengths.append({"length": int(T), **compare_one(out, ref, model.cfg.text)})
@@ -231,6 +234,8 @@ def run(runtime, model, inputs, memo=None, progress=False):
     report = {"runtime": runtime.name, "versions": runtime.versions(), "bars": BARS, "lengths": lengths,
               "greedy": None}
     tokens = runtime.greedy(inputs["greedy_prompt"], greedy_new) if greedy_new else None
+    if outputs is not None:
+        outputs["greedy"] = tokens
     if tokens is not None:
         key = ("greedy", tuple(int(i) for i in inputs["greedy_prompt"]), greedy_new)
         ref_tokens, ref_margins = memo[key] = memo[key] if key in memo else \
@@ -350,7 +355,7 @@ class LlamaCpp:
     through llama.cpp's eval callback (`LlamaCppTaps`)."""
     name = "llama.cpp"
 
-    def __init__(self, gguf_path, cfg, n_ctx=512, threads=None, kv_cache="f16"):
+    def __init__(self, gguf_path, cfg, inputs, threads=None, kv_cache="f16"):
         try:
             import llama_cpp
         except ImportError:
@@ -358,6 +363,8 @@ class LlamaCpp:
                                "(it builds llama.cpp from source, ~20 min on 2 cores)") from None
         self.llama_cpp, self.kv_cache = llama_cpp, kv_cache
         cache = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_cache]
+        longest = max([*inputs["lengths"], len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
+        n_ctx = max(64, longest + 8)                                    # room for every input of `inputs`
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                    logits_all=True, n_threads=threads, n_threads_batch=threads, type_k=cache,
                                    type_v=cache, verbose=False)
@@ -456,17 +463,17 @@ class LlamaCppTaps:
 # output
 
 
-def save_dump(path, runtime, inputs):
-    """Write what `runtime` computes on `inputs` in the DUMP FORMAT (the reference dump for --runtime k25ref)."""
+def save_dump(path, outputs, inputs):
+    """Write a runtime's results on `inputs` (the `outputs` that run() filled) in the DUMP FORMAT (the reference
+    dump, for --runtime k25ref)."""
     arrays = {}
     for T, ids in inputs["lengths"].items():
         arrays[f"seq{T}.input_ids"] = np.asarray(ids, np.int64)
-        for k, v in runtime.forward(ids).items():
+        for k, v in outputs[T].items():
             arrays[f"seq{T}.{k}"] = np.asarray(v, np.int64 if v.dtype.kind in "iu" else np.float32)
-    if inputs.get("greedy_new"):
-        tokens = runtime.greedy(inputs["greedy_prompt"], inputs["greedy_new"])
-        if tokens is not None:
-            arrays["greedy.prompt"], arrays["greedy.tokens"] = np.asarray(inputs["greedy_prompt"], np.int64), tokens
+    if outputs.get("greedy") is not None:
+        arrays["greedy.prompt"], arrays["greedy.tokens"] = np.asarray(inputs["greedy_prompt"], np.int64), \
+            outputs["greedy"]
     np.savez(path, **arrays)
 
 

@@ -93,8 +93,11 @@ def test_injected_weight_error_is_localised_to_its_layer(model, tmp_path):
     wrong.weights.cache.get(name, lambda: model.weights.f32(name) * np.float32(1.001))
     inputs = cf.random_inputs(model.cfg, (5, 17), seed=3, greedy_new=0)
     dump = tmp_path / "wrong.npz"
-    cf.save_dump(dump, cf.K25ref(wrong), inputs)
-    report = cf.run(cf.Npz(str(dump)), model, cf.Npz(str(dump)).inputs())
+    outputs = {}
+    cf.run(cf.K25ref(wrong), model, inputs, outputs=outputs)
+    cf.save_dump(dump, outputs, inputs)
+    npz = cf.Npz(str(dump))
+    report = cf.run(npz, model, npz.inputs())
     assert [row["first_departure"]["name"] for row in report["lengths"]] == ["layers.2.attn_out"] * 2
     assert all(row["intermediates"]["layers.1.hidden"] == 0.0 for row in report["lengths"])
 

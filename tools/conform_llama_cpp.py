@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from k25ref import conform as cf  # noqa: E402
 from k25ref.gguf_export import export_gguf  # noqa: E402
-from k25ref.int4 import dequantize, unpack  # noqa: E402
+from k25ref.int4 import dequantize  # noqa: E402
+from k25ref.options import ArgumentParser, positive_int  # noqa: E402
 from k25ref.model import load_model  # noqa: E402
 from k25ref.weights import layer_prefix  # noqa: E402
 
@@ -49,11 +50,12 @@ def checkpoints(cases, shapes, workdir):
     return out
 
 
-def summary(report):
-    """One table row's figures from a conform report."""
+def summary(report, cfg):
+    """One table row's figures from a conform report (cfg: the text config, for the blocks' forward order)."""
     rows = report["lengths"]
     departures = [r["first_departure"]["name"] for r in rows if r["first_departure"]]
-    first = min(departures, key=lambda n: (n != "logits", cf_order(n))) if departures else "none"
+    order = cf.forward_order(cfg) + ["logits"]
+    first = min(departures, key=order.index) if departures else "none"
     g = report["greedy"]
     greedy = "-" if g is None else f"{g['equal_prefix']}/{g['steps']}" + (
         "" if g["first_difference"] is None else f" (margin {g['margin_at_difference']:.1e})")
@@ -61,16 +63,6 @@ def summary(report):
     return (f"{max(r['logits_rel'] for r in rows):.2e} | {min(r['cosine_min'] for r in rows):.6f} | "
             f"{sum(r['argmax_equal'] for r in rows)}/{sum(r['positions'] for r in rows)} | {first} | {flips} | "
             f"{greedy}")
-
-
-def cf_order(name):
-    """Sort key: forward order of a capture name."""
-    if name == "embed":
-        return (-1, 0)
-    if name == "final_norm":
-        return (10**6, 0)
-    parts = name.split(".")
-    return (int(parts[1]), ("attn_out", "router_indices", "router_weights", "mlp_out", "hidden").index(parts[2]))
 
 
 def exact_product(model):
@@ -90,7 +82,7 @@ def weight_rounding(model):
         for e in range(t.n_routed_experts):
             for k in range(3):
                 w = model.weights.int4(f"{layer_prefix(i)}mlp.experts.{e}.{('gate_proj', 'up_proj', 'down_proj')[k]}.")
-                exact = unpack(w.packed, w.shape[1]).astype(np.float32) * np.repeat(w.scale, w.group_size, axis=1)
+                exact = dequantize(dataclasses.replace(w, scale_dtype="F32"))          # q * s, unrounded
                 rounded = dequantize(w)
                 d = rounded != exact
                 differ, total = differ + int(d.sum()), total + d.size
@@ -100,10 +92,11 @@ def weight_rounding(model):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="conform_llama_cpp.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="yarn-groups,many-groups,dense-stack,k25-shape")
     parser.add_argument("--shapes", default="small", help="bench shapes (tools/bench.py), comma-separated")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "k25ref-bench"))
     args = parser.parse_args()
     import llama_cpp
@@ -123,12 +116,11 @@ def main():
                 path = os.path.join(tmp, f"{experts}.gguf")
                 if not os.path.exists(path):
                     export_gguf(folder, path, experts=experts)
-                longest = max([*inputs["lengths"], len(inputs["greedy_prompt"]) + inputs["greedy_new"]])
-                runtime = cf.LlamaCpp(path, model.cfg.text, n_ctx=longest + 8, threads=args.threads, kv_cache=kv)
+                runtime = cf.LlamaCpp(path, model.cfg.text, inputs, threads=args.threads, kv_cache=kv)
                 report = cf.run(runtime, model, inputs, memo)
-                print(f"| {label} | {experts} | {kv} | {summary(report)} |", flush=True)
+                print(f"| {label} | {experts} | {kv} | {summary(report, model.cfg.text)} |", flush=True)
                 if (experts, kv) == ("q4_0", "f32"):
-                    quant.append([label, report])
+                    quant.append([label, model.cfg.text, report])
             for name in os.listdir(tmp):
                 os.remove(os.path.join(tmp, name))
             if model.cfg.quant is not None:
@@ -139,9 +131,9 @@ def main():
           "k25ref q·s vs bf16(q·s): logits rel. err. | first departure | "
           "llama.cpp Q4_0×Q8_0 vs k25ref: logits rel. err. | min cosine |")
     print("|---|---|---|---|---|---|---|")
-    for label, q4, share, worst, exact in quant:
-        ex = summary(exact).split(" | ")
-        q = summary(q4).split(" | ")
+    for label, cfg, q4, share, worst, exact in quant:
+        ex = summary(exact, cfg).split(" | ")
+        q = summary(q4, cfg).split(" | ")
         print(f"| {label} | {share:.1%} | {worst:.2e} | {ex[0]} | {ex[3]} | {q[0]} | {q[1]} |")
 
 
