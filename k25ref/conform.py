@@ -37,6 +37,7 @@ import numpy as np
 
 from k25ref.errors import K25RefError
 from k25ref.nn import rms_norm, sigmoid
+from k25ref.progress import bar
 
 BARS = {"logits_rel": 1e-3, "intermediate_rel": 1e-4, "router_weights_rel": 1e-4, "embed_abs": 0.0,
         "router_tie": 1e-5, "greedy_margin": 1e-3}
@@ -218,11 +219,10 @@ def run(runtime, model, inputs, memo=None, progress=False, outputs=None):
     """Run `runtime` (an adapter) and k25ref on the inputs; -> the report dict (see format_table). `memo` (a
     dict) keeps k25ref's results for the next runtime on the same inputs; `outputs` (a dict), if given, receives
     the runtime's own results for save_dump: {T: its arrays} and "greedy": its tokens."""
-    from tqdm import tqdm
     memo = {} if memo is None else memo
     lengths, greedy_new = [], inputs.get("greedy_new", 0)
-    steps = tqdm(total=len(inputs["lengths"]) + bool(greedy_new), desc=f"conform {runtime.name}", unit="input",
-                 disable=not progress, leave=False)
+    steps = bar(total=len(inputs["lengths"]) + bool(greedy_new), desc=f"conform {runtime.name}", unit="input",
+                disable=not progress)
     for T, ids in inputs["lengths"].items():
         out = runtime.forward(ids)
         if outputs is not None:

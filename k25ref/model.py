@@ -67,22 +67,9 @@ class Model:
                               f"chunk or shorten the prompt")
         self.cache.budget = max(0, free)
 
-    def embed(self, input_ids):  # (T,) -> (T, D)
-        return self.weights.embedding_rows(self.check_ids(input_ids))
-
     def vision_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (sum h*w/4, D)
         """MoonViT + projector: one row per merged 2x2 patch group (a video chunk's frames are pooled)."""
         return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture, backend)
-
-    def embed_prompt(self, input_ids, pixel_values=None, grid_thw=None, capture=None,
-                     backend="numpy"):  # (T,) -> (T, D)
-        """Token embeddings with image/video features scattered, in order, over the media placeholder ids.
-        Placeholders without media (or the reverse) are a PromptError, never a silent wrong answer."""
-        ids = self.check_ids(input_ids)
-        h = self.weights.embedding_rows(ids)                                  # (T, D)
-        feats = (self.vision_features(pixel_values, grid_thw, capture, backend) if pixel_values is not None
-                 else np.zeros((0, self.cfg.text.hidden_size), np.float32))
-        return multimodal.splice(h, ids, feats, self.cfg.media_placeholder_token_id)
 
     def check_context(self, prompt_tokens, max_new_tokens=0, grid_thw=None, start=0):
         """PromptError, before any work, unless positions start .. start + prompt_tokens + max_new_tokens - 1
@@ -100,31 +87,28 @@ class Model:
                               f"the model's context of {n} (max_position_embeddings): shorten the prompt or ask "
                               f"fewer tokens")
 
-    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, embeds=None, backend="numpy",
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, backend="numpy",
                 features=None, prefill_chunk=PREFILL_CHUNK, progress=False):
         """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
 
         The tokens go through the layers `prefill_chunk` at a time (None or 0: all at once): each chunk appends
         its latents to the cache and attends to everything before it, so a prompt's activations and attention
         scores take memory for one chunk, not for T tokens. The logits are the same (tests/test_long_context.py).
-        `features` (M, D): media rows for the prompt's M placeholder ids, spliced chunk by chunk (see
-        embed_prompt); `embeds` (T, D) replaces the embedding lookup altogether. `progress`: a bar over the
-        chunks on stderr when there are several and stderr is a terminal."""
+        `features` (M, D): media rows for the prompt's M placeholder ids (media_features), spliced chunk by
+        chunk. `progress`: a bar over the chunks on stderr when there are several and stderr is a terminal."""
         ids = self.check_ids(input_ids)
         T, start = len(ids), cache[0].length
+        check_chunk(prefill_chunk)
         self.check_context(T, start=start)
         media = self.cfg.media_placeholder_token_id
-        before = np.concatenate([[0], np.cumsum(ids == media)])                   # (T+1,) media rows before t
-        if features is not None and before[-1] != len(features):
-            raise PromptError(f"the prompt has {before[-1]} media placeholder tokens (id {media}) but the "
-                              f"images/video give {len(features)} feature rows")
+        if features is not None:
+            before = np.concatenate([[0], np.cumsum(ids == media)])               # (T+1,) media rows before t
+            multimodal.check_rows(before[-1], len(features), media)
         C, out, parts = prefill_chunk or T, [], []
-        bar = progress_bar(total=T, desc="prompt", unit="tok", disable=not progress or T <= C)
+        bar = progress_bar(total=T, desc="prompt", unit="tok") if progress and T > C else None
         for a in range(0, T, C):
             b = min(a + C, T)
-            if embeds is not None:
-                h = embeds[a:b]                                                     # (C, D)
-            elif features is not None:
+            if features is not None:
                 h = multimodal.splice(self.weights.embedding_rows(ids[a:b]), ids[a:b],
                                       features[before[a]:before[b]], media)
             else:
@@ -134,8 +118,10 @@ class Model:
                                      backend, logits=not last_only or b == T)
             out += [] if logits is None else [logits]
             parts += [] if part is None else [part]
-            bar.update(b - a)
-        bar.close()
+            if bar is not None:
+                bar.update(b - a)
+        if bar is not None:
+            bar.close()
         if capture is not None:
             capture.update({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return np.concatenate(out) if len(out) > 1 else out[0]
@@ -188,18 +174,19 @@ class Model:
         top-k then top-p. pixel_values/grid_thw (from k25ref.media) fill the prompt's media placeholders.
         Generation ends after max_new_tokens or at a stop id, which is not yielded;
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
-        Bad arguments, and a prompt plus max_new_tokens longer than the context, raise PromptError at the
-        call, before any work. `progress`: a bar over the prompt's chunks (see forward).
+        Bad arguments, media that do not fill the placeholders, and a prompt plus max_new_tokens longer than the
+        context raise PromptError at the call, before any work. `progress`: a bar over the prompt's chunks (see forward).
         """
         if (not 0 <= temperature < np.inf or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0      # NaN fails too
                 or not (seed is None or 0 <= seed)):
             raise PromptError("need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0 "
                               "and seed None or >= 0")
-        if prefill_chunk is not None and prefill_chunk < 0:
-            raise PromptError(f"prefill_chunk must be a number of tokens >= 1 (0 or None: the whole prompt at once), "
-                              f"got {prefill_chunk}")
+        check_chunk(prefill_chunk)
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), max_new_tokens, grid_thw)
+        media = self.cfg.media_placeholder_token_id
+        multimodal.check_rows(int((ids == media).sum()),
+                              0 if pixel_values is None else multimodal.count_media_tokens(grid_thw), media)
         self.reserve(len(ids) + max_new_tokens, prefill_chunk)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
@@ -219,6 +206,14 @@ class Model:
             yield token
             ids, features = np.array([token]), None
             seen.append(token)
+
+
+def check_chunk(prefill_chunk):
+    """PromptError unless prefill_chunk is a whole number of tokens >= 1, or 0 / None (the prompt at once)."""
+    whole = isinstance(prefill_chunk, (int, np.integer)) and not isinstance(prefill_chunk, bool)
+    if prefill_chunk is not None and not (whole and prefill_chunk >= 0):
+        raise PromptError(f"prefill_chunk must be a number of tokens >= 1 (0 or None: the whole prompt at once), "
+                          f"got {prefill_chunk!r}")
 
 
 def default_model_path():

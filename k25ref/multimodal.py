@@ -30,16 +30,20 @@ def count_media_tokens(grid_thw):  # (I, 3) -> int
     return sum(media_token_counts(grid_thw))
 
 
+def check_rows(slots, rows, placeholder_id):
+    """PromptError unless the prompt's `slots` placeholder tokens get exactly `rows` media feature rows."""
+    if rows != slots:
+        raise PromptError(f"the prompt has {slots} media placeholder tokens (id {placeholder_id}) but the "
+                          f"images/video give {rows} feature rows")
+
+
 def splice(embeds, input_ids, features, placeholder_id):  # (T, D), (T,), (M, D) -> (T, D)
     """A copy of `embeds` with row j of `features` at the j-th position where input_ids == placeholder_id."""
     ids, embeds, features = np.asarray(input_ids), np.asarray(embeds), np.asarray(features)
     if ids.ndim != 1 or embeds.ndim != 2 or embeds.shape[0] != ids.shape[0]:
         raise PromptError(f"splice: embeds {embeds.shape} must be (T, D) for input_ids of shape {ids.shape}")
     slots = np.flatnonzero(ids == placeholder_id)                                   # (M,)
-    if features.ndim != 2 or features.shape[0] != slots.size:
-        rows = features.shape[0] if features.ndim == 2 else features.shape
-        raise PromptError(f"the prompt has {slots.size} media placeholder tokens (id {placeholder_id}) but the "
-                          f"images/video give {rows} feature rows")
+    check_rows(slots.size, features.shape[0] if features.ndim == 2 else features.shape, placeholder_id)
     if features.shape[1] != embeds.shape[1]:
         raise PromptError(f"media features are {features.shape[1]} wide but token embeddings are {embeds.shape[1]}")
     out = embeds.copy()

@@ -64,14 +64,33 @@ def test_media_rows_are_spliced_chunk_by_chunk(tiny_dir, rng):
     pixels = rng.uniform(-1, 1, (16 + 12, 3, 14, 14)).astype(np.float32)
     pad = model.cfg.media_placeholder_token_id
     ids = np.array([5, 6] + [pad] * 4 + [7] + [pad] * 3 + [8, 9])
-    ref, ref_capture = model.logits(ids, pixels, grid, capture={}, prefill_chunk=None), {}
-    model.logits(ids, pixels, grid, capture=ref_capture, prefill_chunk=None)
+    ref_capture = {}
+    ref = model.logits(ids, pixels, grid, capture=ref_capture, prefill_chunk=None)
     for chunk in (1, 3, 4):
         capture = {}
         out = model.logits(ids, pixels, grid, capture=capture, prefill_chunk=chunk)
         assert rel_err(out, ref) <= 1e-6
         assert np.array_equal(capture["embed"], ref_capture["embed"])
-        assert capture["layers.1.router_indices"].shape == ref_capture["layers.1.router_indices"].shape
+        assert np.array_equal(capture["layers.1.router_indices"], ref_capture["layers.1.router_indices"])
+
+
+@pytest.mark.parametrize("chunk", [-1, 2.5, "8", True])
+def test_a_bad_prefill_chunk_is_refused_everywhere(tiny_dir, chunk):
+    model, ids = k25ref.load_model(tiny_dir), np.arange(1, 9)
+    for call in (lambda: model.logits(ids, prefill_chunk=chunk), lambda: model.generate(ids, 2, prefill_chunk=chunk),
+                 lambda: model.forward(ids, model.new_cache(), prefill_chunk=chunk)):
+        with pytest.raises(PromptError, match="prefill_chunk must be a number of tokens"):
+            call()
+
+
+def test_media_that_do_not_fill_the_placeholders_are_refused_at_the_call(tiny_dir, rng):
+    """generate checks placeholders against the media before returning its generator (no MoonViT run first)."""
+    model = k25ref.load_model(tiny_dir)
+    pad = model.cfg.media_placeholder_token_id
+    pixels = rng.uniform(-1, 1, (16, 3, 14, 14)).astype(np.float32)   # one 4x4 image: 4 tokens
+    for ids, pv, grid in (([5, pad, pad, pad, 6], None, None), ([5, pad, pad, pad, 6], pixels, np.array([[1, 4, 4]]))):
+        with pytest.raises(PromptError, match=r"has 3 media placeholder tokens .* give (0|4) feature rows"):
+            model.generate(np.array(ids), 2, pixel_values=pv, grid_thw=grid)
 
 
 @pytest.mark.parametrize("backend, absorbed", [("numpy", False), ("numba", True)])
