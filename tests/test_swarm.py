@@ -422,3 +422,32 @@ def test_a_text_generator_can_drive_the_orchestrator():
     trace = ep.run()
     assert score_table(parse_table(trace.final), gold_table(DEEP), DEEP.evaluation).success == 1
     assert "assign_task" in seen[0] and "functions.hop:0" in seen[1] and len(seen) == trace.counters["llm_calls"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(spec=None), "spec must be an object"),
+    (lambda d: d.update(spec={}), "spec does not describe a wide world"),
+    (lambda d: d.update(evaluation={}), "evaluation needs required"),
+    (lambda d: d.update(world_seed="x"), "world_seed must be an integer"),
+    (lambda d: d.update(family="nope"), "family must be one of"),
+    (lambda d: d.update(instance_id="../../x"), "instance_id must be a plain file name"),
+])
+def test_a_hand_edited_task_row_is_one_line_naming_its_line(tmp_path, edit, message):
+    from k25ref.cli import main
+    assert CliRunner().invoke(main, ["swarm", "export", str(tmp_path / "s"), "--quick", "--seeds", "1"]).exit_code == 0
+    rows = (tmp_path / "s" / "tasks.jsonl").read_text().splitlines()
+    row = json.loads(rows[0])
+    edit(row)
+    (tmp_path / "s" / "tasks.jsonl").write_text("\n".join([json.dumps(row)] + rows[1:]) + "\n")
+    r = CliRunner().invoke(main, ["swarm", "run", str(tmp_path / "s"), "--quick"])
+    assert r.exit_code == 2 and "tasks.jsonl:1: " + message in r.output, r.output
+
+
+def test_export_never_replaces_a_gold_table_unasked(tmp_path):
+    from k25ref.swarm.cli import swarm
+    assert CliRunner().invoke(swarm, ["export", str(tmp_path / "s"), "--quick", "--seeds", "1"]).exit_code == 0
+    (tmp_path / "s" / "tasks.jsonl").unlink()
+    gold = sorted((tmp_path / "s" / "gold").iterdir())[0]
+    gold.write_text("mine")
+    r = CliRunner().invoke(swarm, ["export", str(tmp_path / "s"), "--quick", "--seeds", "1"])
+    assert r.exit_code == 2 and "already holds gold/" in r.output and gold.read_text() == "mine"

@@ -10,6 +10,7 @@ Same options, same output, byte for byte: everything runs on a virtual clock wit
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from dataclasses import asdict
 
@@ -131,9 +132,12 @@ def demo(iterations, seed):
 def export(folder, seeds, quick, force):
     """Write the built-in tasks (every family, SEEDS worlds each) as tasks.jsonl + gold/*.csv.
 
-    FOLDER must not hold a tasks.jsonl already, unless --force (then the suite's files are replaced)."""
-    if pathlib.Path(folder, "tasks.jsonl").exists() and not force:
-        raise click.BadParameter(f"{folder!r} already holds a tasks.jsonl; pass --force to replace it",
-                                 param_hint="FOLDER")
+    FOLDER must not hold any of the files it writes already, unless --force (then they are replaced)."""
     tasks = [make_task(f, 0, s, quick) for s in range(seeds) for f in FAMILIES]
+    there = [p for p in ["tasks.jsonl"] + [f"gold/{t.instance_id}.csv" for t in tasks]
+             if os.path.lexists(os.path.join(folder, p))]
+    if there and not force:
+        raise click.BadParameter(f"{folder!r} already holds {there[0]}" + (f" and {len(there) - 1} more of the files "
+                                 "it would write" if len(there) > 1 else "") + "; pass --force to replace them",
+                                 param_hint="FOLDER")
     click.echo(f"wrote {len(tasks)} tasks to {write_suite(folder, tasks)}")

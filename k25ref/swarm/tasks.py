@@ -172,11 +172,46 @@ def read_suite(folder) -> list[tuple[Task, list[dict]]]:
             task = Task(**json.loads(line))
         except (ValueError, TypeError, RecursionError) as e:     # bad JSON, 5000-digit ints, not an object
             raise K25RefError(f"{folder / 'tasks.jsonl'}:{n}: not a task row ({e})") from None
+        check_task(task, f"{folder / 'tasks.jsonl'}:{n}")
         gold_path = folder / "gold" / f"{task.instance_id}.csv"
         if not gold_path.exists():
             raise K25RefError(f"{gold_path}: gold table missing for {task.instance_id}")
         out.append((task, list(csv.DictReader(io.StringIO(_read_text(gold_path))))))
     return out
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_task(task: Task, where: str):
+    """K25RefError naming `where` unless the row's fields have the types the world and the scorer read, and its
+    spec builds its family's world (a row made by hand can hold anything JSON can)."""
+    problem = _task_problem(task)
+    if problem:
+        raise K25RefError(f"{where}: {problem}")
+
+
+def _task_problem(task: Task) -> str | None:
+    ev = task.evaluation
+    if not (isinstance(task.instance_id, str) and _PLAIN_NAME.fullmatch(task.instance_id)):
+        return "instance_id must be a plain file name (letters, digits, . _ -)"
+    if task.family not in FAMILIES:
+        return f"family must be one of {', '.join(FAMILIES)}"
+    if type(task.world_seed) is not int:
+        return "world_seed must be an integer"
+    if not (isinstance(task.query, str) and isinstance(task.language, str)):
+        return "query and language must be text"
+    if not isinstance(task.spec, dict):
+        return "spec must be an object"
+    names = lambda k: isinstance(ev.get(k), list) and all(isinstance(c, str) for c in ev[k])   # noqa: E731
+    if not (isinstance(ev, dict) and names("required") and names("unique_columns")
+            and isinstance(ev.get("eval_pipeline"), dict)):
+        return "evaluation needs required and unique_columns (lists of column names) and eval_pipeline (an object)"
+    try:
+        gold_table(task)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        return f"spec does not describe a {task.family} world ({type(e).__name__}: {e})"
+    return None
 
 
 def table_to_csv(rows: list[dict], columns: list[str]) -> str:
