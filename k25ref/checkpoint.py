@@ -19,7 +19,7 @@ import struct
 import numpy as np
 
 from k25ref.errors import CheckpointError
-from k25ref.files import FileProblem, open_regular
+from k25ref.files import FileProblem, open_regular, read_bytes
 from k25ref.progress import bar
 
 MAX_HEADER_BYTES = 100_000_000          # the reference implementation's cap
@@ -27,7 +27,6 @@ MAX_INDEX_BYTES = 100_000_000           # the same cap for model.safetensors.ind
 MAX_DIM = 2**48 - 1                     # the format's JSON schema bound on a shape entry
 MAX_RANK = 64                           # NumPy's limit on dimensions
 MAX_ARRAY_BYTES = 2**63 - 1             # NumPy's limit on an array's size, even an empty one's
-MAX_FILE_BYTES = None                   # a shard's size is bounded by its validated header, not by a cap
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -135,9 +134,10 @@ def _check_coverage(path, infos, buffer_bytes):
 
 def _open_regular(path, what):
     """Open a regular file (after following symlinks) for reading -> (file, size). A directory, FIFO or
-    device is refused before it is opened, so reading can neither block nor run forever (files.open_regular)."""
+    device is refused before it is opened, so reading can neither block nor run forever (files.open_regular).
+    A shard has no size cap (files.CAPS has no entry for it): its validated header bounds what is read."""
     try:
-        return open_regular(path, what, cap=MAX_FILE_BYTES)
+        return open_regular(path, what)
     except FileProblem as e:
         fail(path, e.code, e.detail)
 
@@ -314,18 +314,10 @@ def _safe_shard_name(folder, shard):
 def read_index(folder):
     """model.safetensors.index.json -> {tensor name: shard file name} (validated, no shard opened)."""
     path = os.path.join(folder, INDEX_FILE)
-    f, size = _open_regular(path, "shard index")
-    if size > MAX_INDEX_BYTES:
-        f.close()
-        fail(path, "bad_index", f"shard index is {size} bytes, over the {MAX_INDEX_BYTES}-byte cap")
     try:
-        with f:
-            raw = f.read()                   # not read(cap + 1): that would allocate the cap up front
-        if len(raw) > MAX_INDEX_BYTES:
-            fail(path, "bad_index", f"shard index grew past the {MAX_INDEX_BYTES}-byte cap while read")
-        text = raw.decode("utf-8")
-    except OSError as e:
-        fail(path, "unreadable", f"cannot read the shard index ({e.strerror or e})")
+        text = read_bytes(path, "shard index", cap=MAX_INDEX_BYTES).decode("utf-8")
+    except FileProblem as e:
+        fail(path, "bad_index" if e.code == "too_large" else e.code, e.detail)
     except UnicodeDecodeError as e:
         fail(path, "bad_index", f"shard index is not UTF-8 ({e.reason} at byte {e.start})")
     wm = _json_object(path, text, "bad_index", "shard index").get("weight_map")
