@@ -443,15 +443,12 @@ def make_tiny_cmd(out, preset, seed, shards, layers, experts, force):
 
     OUT must be new or an empty folder; --force writes into a non-empty one, replacing the files it writes
     (each written under a temporary name and renamed, never through a symlink)."""
-    from k25ref.make_tiny import check_free_space, full_width_bytes, make_full_width, make_tiny
+    from k25ref.make_tiny import make_full_width, make_tiny
     if preset != "full-width" and (layers or experts):
         raise click.UsageError("--layers and --experts go with --preset full-width")
     if preset == "full-width":
-        layers, experts = layers or 2, experts or 8
-        size = full_width_bytes(layers, experts)
-        click.echo(f"writing {size / 1e9:.1f} GB: K2.5's shapes with {layers} layer(s) and {experts} experts")
-        check_free_space(out, size)
-        make_full_width(out, layers, experts, seed=seed, shards=shards, progress=True, force=force)
+        make_full_width(out, layers or 2, experts or 8, seed=seed, shards=shards, progress=True, force=force,
+                        announce=click.echo)
     else:
         make_tiny(out, preset, seed=seed, shards=shards or 2, force=force)
     click.echo(f"wrote {out}")

@@ -372,30 +372,32 @@ def check_free_space(out, nbytes):
         raise K25RefError(f"{out}: the checkpoint needs {nbytes / 1e9:.1f} GB, the disk has {free / 1e9:.1f} GB free")
 
 
-def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False, force=True):
+def make_full_width(out, layers=3, experts=384, seed=0, shards=None, progress=False, force=True, announce=None):
     """Write a synthetic checkpoint with the real K2.5 tensor shapes (hidden 7168, MLA 1536/512/64 heads,
     experts of 2048 in INT4 with bf16 scales, vocab 163840, the full vision tower) for `layers` layers and
     `experts` routed experts, in the released layout, with the project's tokenizer padded to the real vocabulary;
     one shard per layer plus three, like the release. With layers=61, experts=384 its index lists exactly the
-    real checkpoint's tensor names and shapes. progress: a bar over the bytes written."""
+    real checkpoint's tensor names and shapes. progress: a bar over the bytes written; announce(line): told the
+    size once every check (shards, free disk, folder) has passed, before the first byte is written."""
     hub = full_width_config(layers, experts)
     cfg = from_hf(hub)
     shards = shards or max_shards(cfg)
     _check_shards(cfg, shards)
+    size = full_width_bytes(layers, experts)
+    check_free_space(out, size)
     prepare_folder(out, force)
+    if announce is not None:
+        announce(f"writing {size / 1e9:.1f} GB: K2.5's shapes with {layers} layer(s) and {experts} experts")
     groups = [[] for _ in range(shards)]
     for entry in _synthetic_entries(cfg, seed):
         groups[shard_of(entry[0], cfg, shards)].append(entry)
-    weight_map, total = {}, 0
-    with bar(total=full_width_bytes(layers, experts), desc="writing", unit="B", unit_scale=True,
-             disable=not progress) as written:
+    weight_map = {}
+    with bar(total=size, desc="writing", unit="B", unit_scale=True, disable=not progress) as written:
         for k, group in enumerate(groups):
             file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
             write_shard(os.path.join(out, file), [(n, d, s, _ticking(c, written)) for n, d, s, c in group])
-            for name, dtype, shape, _ in group:
-                weight_map[name] = file
-                total += int(np.prod(shape)) * DTYPES[dtype][1]
-    _write_index_and_config(out, total, weight_map, hub)
+            weight_map.update((name, file) for name, _, _, _ in group)
+    _write_index_and_config(out, size, weight_map, hub)     # size: tested equal to the tensors' bytes
     copy_tokenizer(out, cfg.text.vocab_size)
     return out
 

@@ -275,10 +275,24 @@ def test_full_width_says_its_size_and_refuses_a_full_disk(tmp_path, monkeypatch)
     size = full_width_bytes(2, 8)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**9, 10**9))
     r = CliRunner().invoke(main, ["make-tiny", str(tmp_path / "fw"), "--preset", "full-width"])
-    assert r.exit_code == 2
-    assert f"writing {size / 1e9:.1f} GB: K2.5's shapes with 2 layer(s) and 8 experts" in r.stdout
-    assert "the disk has 1.0 GB free" in r.stderr
+    assert r.exit_code == 2 and "writing" not in r.stdout
+    assert f"the checkpoint needs {size / 1e9:.1f} GB, the disk has 1.0 GB free" in r.stderr
     assert not (tmp_path / "fw").exists()
+
+
+def test_full_width_announces_its_size_only_once_every_check_passed(tmp_path, monkeypatch):
+    """A non-empty folder or too many shards is refused before the size is announced (and before any write)."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("mine")
+    for args in (["full"], ["new", "--layers", "1", "--shards", "99"]):
+        r = CliRunner().invoke(main, ["make-tiny", str(tmp_path / args[0]), "--preset", "full-width", *args[1:]])
+        assert r.exit_code == 2 and "writing" not in r.stdout, r.output
+    assert os.listdir(tmp_path / "full") == ["mine.txt"] and not (tmp_path / "new").exists()
+    import k25ref.make_tiny as mt
+    said = []
+    monkeypatch.setattr(mt, "write_shard", lambda *a: None)                # everything but the shards' bytes
+    mt.make_full_width(str(tmp_path / "ok"), 1, 8, announce=said.append)
+    assert said == [f"writing {mt.full_width_bytes(1, 8) / 1e9:.1f} GB: K2.5's shapes with 1 layer(s) and 8 experts"]
 
 
 def test_full_width_size_is_what_the_writer_writes():
