@@ -98,7 +98,10 @@ def atomic_path(path):
     tmp = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{ext}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:                  # name the file the user asked for, not the temporary one
+            raise OSError(e.errno, e.strerror, path) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

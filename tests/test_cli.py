@@ -131,3 +131,13 @@ def test_bench_options_are_one_line_usage_errors(args, message):
                        timeout=120, cwd=pathlib.Path(__file__).parents[1])
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("k25ref: error:") and message in r.stderr, r.stderr
+
+
+def test_a_folder_in_the_way_of_an_output_is_named_not_its_temporary_file(tmp_path):
+    out = tmp_path / "t"
+    assert CliRunner().invoke(main, ["make-tiny", str(out)]).exit_code == 0
+    (out / "config.json").unlink()
+    (out / "config.json").mkdir()
+    r = CliRunner().invoke(main, ["make-tiny", str(out), "--force"])
+    assert r.exit_code == 1 and r.stderr.strip().endswith(f"{out / 'config.json'}: Is a directory"), r.stderr
+    assert ".tmp" not in r.stderr and not [p for p in os.listdir(out) if ".tmp" in p]
