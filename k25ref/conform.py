@@ -360,7 +360,7 @@ class LlamaCpp:
             import llama_cpp
         except ImportError:
             raise ConformError("the llama.cpp runtime needs llama-cpp-python: pip install -e \".[peer]\" "
-                               "(it builds llama.cpp from source, ~20 min on 2 cores)") from None
+                               "(it builds llama.cpp from source, ~25 min on 2 cores)") from None
         self.llama_cpp, self.kv_cache = llama_cpp, kv_cache
         cache = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_cache]
         longest = max([*inputs["lengths"], len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
