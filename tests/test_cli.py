@@ -122,6 +122,8 @@ def test_a_bare_group_shows_its_help():
     (["--long", "--lengths", "1024,-5"], "--lengths: '-5' must be at least 1"),
     (["--long", "--budget", "4 bananas"], "--budget: '4 bananas' is not a size"),
     (["--long", "--checkpoints", "nope"], "--checkpoints: 'nope'"),
+    (["--long", "--from-json", "/no/such/report.json"], "No such file or directory"),
+    (["--long", "--from-json", "setup.cfg"], "--from-json setup.cfg: "),
 ])
 def test_bench_options_are_one_line_usage_errors(args, message):
     """`k25ref bench` hands its options to tools/bench.py (argparse): the same contract as click's commands."""

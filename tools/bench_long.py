@@ -186,6 +186,18 @@ def describe(path):
             f"Dr={t.qk_rope_head_dim}, {t.max_position_embeddings} positions")
 
 
+def read_report(ap, name):
+    """A saved --json report, or a one-line usage error naming what is wrong with it."""
+    try:
+        with open(name) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        ap.error(f"--from-json {name}: {getattr(e, 'strerror', None) or e}")
+    if not (isinstance(saved, dict) and {"threads", "gemm", "checkpoints"} <= saved.keys()):
+        ap.error(f"--from-json {name}: not a report of `bench.py --long --json` (threads, gemm, checkpoints)")
+    return saved
+
+
 def main(argv=None):
     ap = ArgumentParser(prog="k25ref bench --long", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoints", default="k25-context", type=names_arg(CHECKPOINTS), help=f"comma-separated, of: {', '.join(CHECKPOINTS)}")
@@ -214,8 +226,7 @@ def main(argv=None):
     if a.from_json:
         report = {"checkpoints": {}, "gemm": 0.0}
         for name in a.from_json:
-            with open(name) as f:
-                saved = json.load(f)
+            saved = read_report(ap, name)
             report.update(threads=saved["threads"], gemm=max(report["gemm"], saved["gemm"]))
             report["checkpoints"].update(saved["checkpoints"])
     else:
@@ -227,6 +238,8 @@ def main(argv=None):
             ck = report["checkpoints"][name] = {"describe": describe(path), "runs": [], "attention": {}}
             for length in lengths:
                 rates = run_worker("rates", path, length, None, a.threads)
+                if "error" in rates:
+                    ap.error(f"measuring the GEMM and attention rates at {length} tokens failed: {rates['error']}")
                 report["gemm"] = max(report["gemm"], rates["gemm"])
                 ck["attention"][str(length)] = rates["attention"] / rates["gemm"]
                 for engine in a.engines.split(","):
