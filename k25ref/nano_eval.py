@@ -110,9 +110,17 @@ def video_prompt(video, fps=None):
     return content, pv, grid
 
 
-def caption_video(model, tok, video, fps=shapes.VIDEO_FPS):
-    """Describe one video: a path (fps=None reads the file's rate) or frames at `fps`."""
-    return describe(model, tok, *video_prompt(video, fps))
+def caption(model, tok, kind, sample):
+    """Describe one drawn sample (see draw) -> (caption, chunks: 0 for an image, a video's 4-frame chunks)."""
+    if kind == "image":
+        return caption_image(model, tok, sample), 0
+    content, pv, grid = video_prompt(*sample)
+    return describe(model, tok, content, pv, grid), len(grid)
+
+
+def eval_rng(seed, kind, generator):
+    """The random stream of one (kind, generator) evaluation: the same samples for every model."""
+    return np.random.default_rng([seed, 0 if kind == "image" else 1] + ([2] if generator == "held-out" else []))
 
 
 GENERATORS = ("training", "held-out")
@@ -159,20 +167,16 @@ class Tally:
 def caption_accuracy(model, tok, n, kind, seed=EVAL_SEED, examples=3, generator="training"):
     """Caption `n` fresh images or videos of a generator; -> exact-match rate, per-attribute accuracy, a few
     examples (and, for videos, the same split by single-chunk / multi-chunk clips)."""
-    rng = np.random.default_rng([seed, 0 if kind == "image" else 1] + ([2] if generator == "held-out" else []))
+    rng = eval_rng(seed, kind, generator)
     total, by_chunks, shown = Tally(), {"single-chunk": Tally(), "multi-chunk": Tally()}, []
     with tempfile.TemporaryDirectory() as folder:
         for _ in bar(range(n), desc=f"{kind} captions ({generator})", unit=kind):
             sample, truth_text, truth = draw(kind, generator, rng, folder)
-            if kind == "image":
-                got = caption_image(model, tok, sample)
-            else:
-                content, pv, grid = video_prompt(*sample)
-                got = describe(model, tok, content, pv, grid)
+            got, chunks = caption(model, tok, kind, sample)
             score = {**shapes.score_caption(got, truth), "grammar": [int(in_grammar_of(got, kind)), 1]}
             total.add(score)
             if kind == "video":
-                by_chunks["single-chunk" if len(grid) == 1 else "multi-chunk"].add(score)
+                by_chunks["single-chunk" if chunks == 1 else "multi-chunk"].add(score)
             if len(shown) < examples or (not score["exact"] and len(shown) < 2 * examples):
                 shown.append({"truth": truth_text, "model": got})
     out = {**total.summary(), "examples": shown}

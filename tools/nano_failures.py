@@ -30,16 +30,13 @@ def clip_strip(path):  # a GIF/MP4 -> (H, 3W + gaps, 3) uint8: first, middle and
 def failures(model, tok, n, max_tries, seed, folder):
     """-> [(picture array, kind, truth, model caption, chunks)] of the first n wrong captions, images and clips
     taken in turn."""
-    rngs = {kind: np.random.default_rng([seed, k, 2]) for k, kind in enumerate(("image", "video"))}
+    rngs = {kind: nano_eval.eval_rng(seed, kind, "held-out") for kind in ("image", "video")}
     found = []
     for i in range(max_tries):
         kind = ("image", "video")[i % 2]
         sample, truth_text, truth = nano_eval.draw(kind, "held-out", rngs[kind], folder)
-        if kind == "image":
-            got, chunks, picture = nano_eval.caption_image(model, tok, sample), 0, np.asarray(sample)
-        else:
-            content, pv, grid = nano_eval.video_prompt(*sample)
-            got, chunks, picture = nano_eval.describe(model, tok, content, pv, grid), len(grid), clip_strip(sample[0])
+        got, chunks = nano_eval.caption(model, tok, kind, sample)
+        picture = np.asarray(sample) if kind == "image" else clip_strip(sample[0])
         if not shapes.score_caption(got, truth)["exact"]:
             found.append((picture, kind, truth_text, got, chunks))
             if len(found) == n:
