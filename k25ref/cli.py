@@ -218,22 +218,17 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
         from k25ref.multimodal import expand_placeholders
         kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
         ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
-    model.check_context(len(ids), max_tokens, kw.get("grid_thw"))             # before compiling anything
+    tokens = model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
+                            backend=backend, prefill_chunk=prefill_chunk, progress=True, **kw)   # checks the prompt
     if backend == "numba":
         _prepare_kernels()
-    out = TextStream(tok, sys.stdout)
     t0 = time.perf_counter()
-    first, n = None, 0
-    for token in model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
-                                backend=backend, prefill_chunk=prefill_chunk, progress=True, **kw):
-        first = first or time.perf_counter()
-        out.write(token)
-        n += 1
-    out.close()
+    new, first = _stream(tokens, TextStream(tok, sys.stdout))
     t1 = time.perf_counter()
     click.echo("", err=False)
-    prefill = (first or t1) - t0
-    click.echo(f"prompt: {len(ids)} tokens, {len(ids) / max(prefill, 1e-9):.1f} tokens/s | generation: {n} tokens, "
+    n = len(new)
+    prompt_rate = f"{len(ids) / max(first - t0, 1e-9):.1f} tokens/s" if n else "not run (no new tokens asked)"
+    click.echo(f"prompt: {len(ids)} tokens, {prompt_rate} | generation: {n} tokens, "
                f"{max(n - 1, 0) / max(t1 - (first or t1), 1e-9):.1f} tokens/s | peak memory "
                f"{peak_rss_bytes() / 2**20:.0f} MiB", err=True)
     if stats:
@@ -310,8 +305,10 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefil
             continue
         try:
             ids = tok.apply_chat_template(history + [{"role": "user", "content": line}], thinking=think)
-            new = _stream_reply(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba",
-                                               prefill_chunk=prefill_chunk), tok, ReplyOut(think, show_thinking))
+            shown = ReplyOut(think, show_thinking)
+            new, _ = _stream(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba",
+                                            prefill_chunk=prefill_chunk), TextStream(tok, shown))
+            shown.end()
         except PromptError as e:                        # this turn's error; the history stays as it was
             click.echo(f"k25ref: error: {e}", err=True)
             continue
@@ -320,14 +317,15 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefil
         history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
 
 
-def _stream_reply(tokens, tok, shown):  # -> the reply's token ids, each shown as it arrives
-    out, new = TextStream(tok, shown), []
+def _stream(tokens, out: TextStream):  # -> (token ids, time.perf_counter() of the first, None without any)
+    """Write each token to `out` as it arrives."""
+    new, first = [], None
     for token in tokens:
+        first = first or time.perf_counter()
         new.append(token)
         out.write(token)
     out.close()
-    shown.end()
-    return new
+    return new, first
 
 
 def _chat_line(max_chars=MAX_CHAT_LINE):

@@ -143,3 +143,8 @@ def test_a_folder_in_the_way_of_an_output_is_named_not_its_temporary_file(tmp_pa
     r = CliRunner().invoke(main, ["make-tiny", str(out), "--force"])
     assert r.exit_code == 1 and r.stderr.strip().endswith(f"{out / 'config.json'}: Is a directory"), r.stderr
     assert ".tmp" not in r.stderr and not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def test_generate_with_no_new_tokens_reports_no_prompt_speed():
+    r = CliRunner().invoke(main, ["generate", "-n", "0"])
+    assert r.exit_code == 0 and "not run (no new tokens asked)" in r.stderr, r.stderr
