@@ -265,10 +265,10 @@ def _check_derived(t):
     import numpy as np
     from k25ref import rope
     r = t.rope
+    inv_freq = lambda: rope.inv_frequencies(r, t.qk_rope_head_dim)[0]        # noqa: E731  (may raise: checked below)
     derived = {
-        "the RoPE inverse frequencies": lambda: rope.inv_frequencies(r, t.qk_rope_head_dim)[0],
-        "the RoPE angle at the last position": lambda: np.float32(t.max_position_embeddings - 1)
-        * rope.inv_frequencies(r, t.qk_rope_head_dim)[0],
+        "the RoPE inverse frequencies": inv_freq,
+        "the RoPE angle at the last position": lambda: np.float32(t.max_position_embeddings - 1) * inv_freq(),
         "the cos/sin scale (attention_factor)": lambda: np.float32(rope.attention_factor(r)),
         "the softmax scale": lambda: np.float32(rope.softmax_scale(r, t.qk_head_dim)),
     }

@@ -22,11 +22,10 @@ def check_logits(logits, trace):  # (..., V) -> the same logits, finite
     """Return `logits` if every value is finite; otherwise raise NumericsError naming where the first non-finite
     value appeared. `trace()` -> capture dict of the same pass: called only on this failure path, so a finite
     pass costs one isfinite over the logits."""
-    bad = ~np.isfinite(logits)
-    if not bad.any():
+    if np.isfinite(logits).all():
         return logits
     where = first_nonfinite(trace()) or "lm_head"
-    raise NumericsError(f"the forward pass produced {int(bad.sum())} non-finite logits (NaN or inf); the first "
+    raise NumericsError(f"the forward pass produced {int((~np.isfinite(logits)).sum())} non-finite logits (NaN or inf); the first "
                         f"non-finite output was {where!r} (a weight with NaN/inf, or an overflow)")
 
 
