@@ -19,7 +19,8 @@ from k25ref.kernels import int4_matvec
 from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_row_numba,
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
-from k25ref.kernels import mla_blocked
+from k25ref import mla
+from k25ref.kernels import mla_blocked, mla_decode
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.expf import _exp_loops, exp_numba
@@ -258,13 +259,45 @@ def test_online_softmax_matches_reference(rng, T, B, diag, body):
 @pytest.mark.parametrize("T, S, B", [(1, 9, 4), (3, 3, 1), (5, 12, 5), (6, 6, 64)])
 @pytest.mark.parametrize("absorbed", [False, True])
 def test_blocked_attention_with_kernel_matches_one_shot(rng, T, S, B, absorbed, monkeypatch):
-    """attend_blocked with the kernel's step (the decode kernel kept out of the way) == the one-shot reference."""
+    """attend (attend_blocked with the kernel's step, or attend_latent) in key blocks of B == the one-shot
+    reference, the decode kernel kept out of the way."""
     monkeypatch.setattr(mla_blocked, "DECODE_ROWS", 0)
+    monkeypatch.setattr(mla_blocked, "KEY_BLOCK", B)
+    monkeypatch.setattr(mla, "KEY_BLOCK", B)
     cfg, w, (q_nope, q_rope, c_kv, k_rope) = _mla_case(rng, T, S)
     ref = (attend_absorbed_ref if absorbed else attend_naive)(
         *(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
     out = mla_blocked.attend(q_nope, q_rope, c_kv, k_rope, w, cfg, 0.3, absorbed)
     close(out, ref, f"blocked attention T={T} S={S} B={B}")
+
+
+@pytest.mark.parametrize("T, S, B, rows", [(1, 9, 4, 1), (3, 3, 1, 4), (5, 12, 5, 10), (2, 11, 3, 6), (6, 6, 64, 999)])
+def test_latent_attention_matches_one_shot(rng, T, S, B, rows):
+    """attend_latent in key blocks of B and head groups of rows // T heads (one head, several, a last group
+    shorter than the others, all) == the one-shot absorbed reference."""
+    cfg, w, (q_nope, q_rope, c_kv, k_rope) = _mla_case(rng, T, S)
+    ref = attend_absorbed_ref(*(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
+    out = mla_blocked.attend_latent(q_nope, q_rope, c_kv, k_rope, w, cfg, 0.3, block=B, rows=rows)
+    close(out, ref, f"latent attention T={T} S={S} B={B} rows={rows}")
+
+
+def test_decoding_over_a_long_cache_reads_it_once_per_step(rng, monkeypatch):
+    """Over a long cache (more than DECODE_WORK multiply-adds) a decoded token attends through attend_latent
+    (all heads in one group, the cache read once), not mla_decode's kernel (once per head); the same
+    attention either way."""
+    cfg = from_hf(preset("tiny")).text
+    work_per_key = cfg.num_attention_heads * (2 * cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    monkeypatch.setattr(mla_blocked, "DECODE_WORK", 8 * work_per_key)                # 8 keys: the kernel, 9: not
+    cfg, w, (q_nope, q_rope, c_kv, k_rope) = _mla_case(rng, 1, 9)
+    short = mla_blocked.attend(q_nope, q_rope, c_kv[:8], k_rope[:8], w, cfg, 0.3, absorbed=True)
+    close(short, mla_decode.attend_absorbed(q_nope, q_rope, c_kv[:8], k_rope[:8], w, cfg, 0.3), "decode kernel")
+
+    def refuse(*args):
+        raise AssertionError("mla_decode's kernel was used over a long cache")
+    monkeypatch.setattr(mla_decode, "attend_absorbed", refuse)
+    out = mla_blocked.attend(q_nope, q_rope, c_kv, k_rope, w, cfg, 0.3, absorbed=True)
+    ref = attend_absorbed_ref(*(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
+    close(out, ref, "decode over a long cache")
 
 
 # ----------------------------------------------------------------------------

@@ -3,23 +3,26 @@
     python tools/bench.py --long                                     # k25-context, 1K/4K/16K/32K, both paths
     python tools/bench.py --long --checkpoints full-width --lengths 8192 --budget 4GiB
     python tools/bench.py --long --lengths 1024 --engines numba,numba-oneshot     # chunking vs one shot
+    python tools/bench.py --long --checkpoints k25-heads --lengths 16384 --engines numba,numba-oneshot --threads 1
     python tools/bench.py --long --json > long.json      # then, for docs/long-context.md:
     python tools/bench.py --long --from-json long.json full.json --plot docs/figures/long_context_bench.png
 
 What one run does:
 1. Builds the checkpoints once into --workdir: `k25-context` (the make-tiny preset: K2.5's RoPE/YaRN, 262144
-   positions, small width) and `full-width` (k25ref.make_tiny.make_full_width with one layer: K2.5's real
-   shapes, 64 heads, Ckv 512, vocab 163840).
+   positions, small width, 16 heads), `k25-heads` (the same with K2.5's 64 heads and one layer) and
+   `full-width` (k25ref.make_tiny.make_full_width with one layer: K2.5's real shapes, 64 heads, Ckv 512,
+   vocab 163840).
 2. Measures, at each length S, in one worker process one after the other: this machine's float32 GEMM rate
    (NumPy, 2048^3, best of 5) and the blocked attention's rate: one chunk of 512 queries against S cached
-   latents (absorbed, the numba path's softmax step) in useful FLOPs (visible query-key pairs only), best
-   of 3; prints their ratio.
+   latents (absorbed: the numba path's attend_latent) in useful FLOPs (visible query-key pairs only), best
+   of 3; prints both and their ratio.
 3. For each checkpoint, engine and length, a worker process (so peak RSS is that run's own) generates from
    a random prompt of that length with `Model.generate` (absorbed attention, as the CLI does): prefill
    tokens/s (prompt to first token), decode tokens/s over 8 more tokens at that context, peak RSS, and the
    budget estimate of weights.context_bytes + working_set. Engines: `numpy` (the reference) and `numba`
    (kernels), chunked as shipped; `numpy-oneshot` and `numba-oneshot` run the same code the way it ran before
-   chunking (whole prompt at once; one-shot attention: einsum over (H, T, S), or mla_decode's kernel).
+   chunking (whole prompt at once; one-shot attention: einsum over (H, T, S), or mla_decode's kernel at
+   every size).
 Threads: --threads for numba; BLAS gets one (see run_worker). The machine may be shared: ratios are only
 meaningful within one run.
 """
@@ -39,16 +42,20 @@ from k25ref.options import ArgumentParser, lengths_arg, names_arg, positive_int,
 
 DECODE, CHUNK = 8, 512
 ENGINES = ["numpy", "numba", "numpy-oneshot", "numba-oneshot"]
-CHECKPOINTS = ["k25-context", "full-width"]
+CHECKPOINTS = ["k25-context", "k25-heads", "full-width"]
 
 
 def build(name, workdir):
     """The checkpoint folder of `name`, written once."""
-    from k25ref.make_tiny import make_full_width, make_tiny
+    from k25ref.make_tiny import make_full_width, make_tiny, preset
     out = os.path.join(workdir, name)
     if not os.path.exists(os.path.join(out, "config.json")):
         if name == "full-width":
             make_full_width(out, layers=1, progress=True)
+        elif name == "k25-heads":                 # K2.5's 64 heads at the k25-context width, one layer
+            hub = preset("k25-context")
+            hub["text_config"].update(num_attention_heads=64, num_key_value_heads=64, num_hidden_layers=1)
+            make_tiny(out, config=hub, seed=0, shards=2, tokenizer=False)
         else:
             make_tiny(out, name, seed=0, shards=2, tokenizer=False)
     return out
@@ -62,7 +69,7 @@ def worker(engine, path, length, budget):
     from k25ref.weights import context_bytes
     backend, oneshot = engine.split("-")[0], engine.endswith("oneshot")
     if oneshot:                               # before chunking: one pass, attention over the whole (H, T, S)
-        mla_blocked.DECODE_ROWS = 1 << 30
+        mla_blocked.DECODE_ROWS = mla_blocked.DECODE_WORK = 1 << 62
         if backend == "numpy":
             decoder.attend_fn = lambda absorbed, backend: mla.attend_absorbed if absorbed else mla.attend_naive
     if backend == "numba":
@@ -136,9 +143,9 @@ def table(report):
              f"threads {report['threads']}"]
     for name, ck in report["checkpoints"].items():
         lines += ["", f"{name}: {ck['describe']}",
-                  f"  blocked attention (512 queries, absorbed, numba step):"]
-        lines += [f"    S={int(s):>6}: {share:.0%} of the GEMM rate measured beside it"
-                  for s, share in ck["attention"].items()]
+                  "  blocked attention (512 queries against S latents, absorbed, attend_latent):"]
+        lines += [f"    S={int(s):>6}: {r['attention'] / 1e9:5.1f} GFLOP/s, {r['attention'] / r['gemm']:.0%} of the "
+                  f"GEMM rate measured beside it ({r['gemm'] / 1e9:.1f} GFLOP/s)" for s, r in ck["attention"].items()]
         lines.append(f"  {'engine':<14}{'tokens':>7}{'prefill tok/s':>15}{'prefill s':>11}{'decode tok/s':>14}"
                      f"{'peak RSS':>11}{'estimate':>11}")
         for r in ck["runs"]:
@@ -241,7 +248,7 @@ def main(argv=None):
                 if "error" in rates:
                     ap.error(f"measuring the GEMM and attention rates at {length} tokens failed: {rates['error']}")
                 report["gemm"] = max(report["gemm"], rates["gemm"])
-                ck["attention"][str(length)] = rates["attention"] / rates["gemm"]
+                ck["attention"][str(length)] = rates
                 for engine in a.engines.split(","):
                     ck["runs"].append(run_worker(engine, path, length, budget, a.threads))
                     print(f"[{name} {engine} {length} done]", file=sys.stderr)
