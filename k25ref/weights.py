@@ -17,7 +17,7 @@ from k25ref.checkpoint import fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight
 from k25ref.mla import KEY_BLOCK, MLAWeights
-from k25ref.nn import Bf16Weight
+from k25ref.nn import Bf16Weight, widened_matmul
 from k25ref.streaming import IOStats, Reader, WeightCache
 
 TEXT = "language_model.model."
@@ -239,26 +239,38 @@ class Weights:
         self.ckpt, self.cfg, self.cache = ckpt, cfg, cache
         self.reader = reader if reader is not None else Reader(ckpt, IOStats())
         self.expected, self.prefetcher = expected_tensors(cfg), prefetcher
+        self._held = {}
 
     def f32(self, name):
         """One floating tensor, widened exactly to float32 (cached)."""
         info = self.ckpt.info(name)
         return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype), info.f32_nbytes)
 
-    def optional(self, name, backend=None):
-        return self.matrix(name, backend) if name in self.expected else None
+    def optional(self, name, ops=None):
+        return self.matrix(name, ops) if name in self.expected else None
 
-    def matrix(self, name, backend=None):
-        """A big matrix. In a forward pass a BF16 one is cached as stored and handed out as a Bf16Weight: read
-        by the bf16 kernel ("numba"), or, under a budget, widened one product at a time ("numpy"), so the cache
-        and a layer in use hold half the bytes of float32. Otherwise (no backend, other dtypes, or the NumPy
-        path with no budget, where widening on every token would only repeat work): float32, cached."""
+    def matrix(self, name, ops=None):
+        """A big matrix. In a forward pass (`ops`: the model's engine.Ops) a BF16 one is cached as stored and
+        handed out as a Bf16Weight: multiplied by the bf16 kernel (ops.bf16_matmul), or, for the reference under
+        a budget, widened one product at a time, so the cache and a layer in use hold half the bytes of float32.
+        Otherwise (no ops, other dtypes, or the reference with no budget, where widening on every token would
+        only repeat work): float32, cached."""
         info = self.ckpt.info(name)
-        kept_stored = backend == "numba" or (backend == "numpy" and self.cache.budget is not None)
-        if not kept_stored or info.dtype != "BF16":
+        matmul = ops and (ops.bf16_matmul or (widened_matmul if self.cache.budget is not None else None))
+        if not matmul or info.dtype != "BF16":
             return self.f32(name)
         raw = self.cache.get((name, "stored"), lambda: self.reader.read(name), info.nbytes)
-        return Bf16Weight(raw, kernel=backend == "numba")
+        return Bf16Weight(raw, matmul)
+
+    def held(self, key, build):
+        """build(), made once and kept when every weight is kept (no budget): a layer's weights in the form a
+        forward pass takes them, or a kernel's table of them, so a decoded token does not assemble them again.
+        Under a budget what they hold may be evicted, so they are built on every call."""
+        if self.cache.budget is not None:
+            return build()
+        if key not in self._held:
+            self._held[key] = build()
+        return self._held[key]
 
     def embedding_rows(self, ids):  # (T,) -> (T, D): only the rows used are read
         name = f"{TEXT}embed_tokens.weight"
@@ -285,15 +297,21 @@ class Weights:
         t = self.cfg.text
         return self.ckpt.info(f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD).dtype
 
-    def attention(self, i, backend=None):  # -> MLAWeights (see matrix() for backend)
+    def attention(self, i, ops=None):  # -> MLAWeights (see matrix() for ops; held: made once)
         p = f"{layer_prefix(i)}self_attn."
-        kw = {m[:-7]: self.optional(f"{p}{m}", backend) for m in MATRICES[:5]}
-        kw.update({n: self.optional(f"{p}{n}.weight") for n in ("kv_a_layernorm", "kv_b_proj", "q_a_layernorm")})
-        kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias") for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
-        return MLAWeights(**kw)
 
-    def mlp(self, prefix, backend=None):  # -> (gate_proj, up_proj, down_proj) (see matrix() for backend)
-        return tuple(self.matrix(f"{prefix}{n}.weight", backend) for n in ("gate_proj", "up_proj", "down_proj"))
+        def build():
+            kw = {m[:-7]: self.optional(f"{p}{m}", ops) for m in MATRICES[:5]}
+            kw.update({n: self.optional(f"{p}{n}.weight") for n in ("kv_a_layernorm", "kv_b_proj", "q_a_layernorm")})
+            kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias")
+                       for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
+            return MLAWeights(**kw)
+        return self.held((p, ops and ops.bf16_matmul), build)
+
+    def mlp(self, prefix, ops=None):  # -> (gate_proj, up_proj, down_proj) (see matrix() for ops; held: made once)
+        names = ("gate_proj", "up_proj", "down_proj")
+        return self.held((prefix, ops and ops.bf16_matmul), lambda: tuple(self.matrix(f"{prefix}{n}.weight", ops)
+                                                                           for n in names))
 
     def router(self, i):  # -> (E, D), (E,)
         p = f"{layer_prefix(i)}mlp.gate."
@@ -305,11 +323,11 @@ class Weights:
         return [n for n in self.expected if n.startswith(p) and ".mlp.experts." not in n and
                 not n.endswith(("weight_packed", "weight_scale", "weight_shape"))]
 
-    def prefetch_layer(self, i, backend=None):
+    def prefetch_layer(self, i, ops=None):
         """Start reading layer i's dense weights in the background (no-op without a prefetcher)."""
         if self.prefetcher is not None and 0 <= i < self.cfg.text.num_hidden_layers:
             names = self.dense_names(i)
-            self.prefetcher.later(lambda: [self.matrix(n, backend) if n.endswith(MATRICES) else self.f32(n)
+            self.prefetcher.later(lambda: [self.matrix(n, ops) if n.endswith(MATRICES) else self.f32(n)
                                            for n in names])
 
     def expert(self, i, e):  # -> (gate_proj, up_proj, down_proj): Int4Weight each (or float32 if unquantized)

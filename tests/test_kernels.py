@@ -11,6 +11,7 @@ import pytest
 
 from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.config import from_hf
+from k25ref.engine import numba_ops
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
@@ -20,7 +21,7 @@ from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_prod
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels import mla_blocked
-from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
+from k25ref.kernels.moe_experts import (LayerExperts, gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.expf import _exp_loops, exp_numba
 from k25ref.kernels.vision_attention import _softmax_rows_loops, softmax_rows, softmax_rows_numba
@@ -205,6 +206,30 @@ def test_gather_experts_refuses_scales_the_kernel_cannot_reproduce(rng):
         gather_experts(ws)
 
 
+@pytest.mark.parametrize("T", [1, 7])
+def test_layer_experts_take_global_ids(rng, T):
+    """A layer's table (LayerExperts), filled only with the experts chosen so far (the rest are zero
+    placeholders), gives the reference's output on global expert ids; each expert is read once; an expert
+    with F32 scales is flagged inexact and kept out of the lists."""
+    E, A, D, F = 8, 2, 64, 32
+    ws = _experts(rng, E, D, F)
+    down = ws[7][2]
+    ws[7] = ws[7][:2] + (Int4Weight(down.packed, down.scale, down.shape, "F32"),)
+    table, read = LayerExperts(E), []
+    no_shared = (np.zeros((1, D), np.float32), np.zeros((1, D), np.float32), np.zeros((D, 1), np.float32))
+    for lo, hi in ((0, 4), (2, 7)):                                # the second call adds experts 4..6 only
+        u = rng.standard_normal((T, D), dtype=np.float32)
+        idx = np.stack([rng.choice(np.arange(lo, hi), A, replace=False) for _ in range(T)])
+        g = rng.random((T, A), dtype=np.float32)
+        table.add(np.unique(idx), lambda e: read.append(e) or ws[e])
+        ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
+                  lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
+        close(moe_experts(u, idx, g, table.arrays), ref, f"layer table T={T} experts {lo}..{hi - 1}")
+    assert sorted(read) == sorted(set(read)) and table.held[:7].sum() == len(read)
+    table.add(np.array([7]), lambda e: ws[e])
+    assert table.held[7] and not table.exact[7] and table.exact[list(set(read))].all()
+
+
 # ----------------------------------------------------------------------------
 # MLA decode
 
@@ -313,7 +338,7 @@ def test_softmax_rows_fuses_the_scale(rng, body):
 
 @pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
 def test_segment_attention_matches_reference(rng, grid):
-    """moonvit.attention with the softmax kernel (backend="numba") gives the float64 reference's output."""
+    """moonvit.attention with the kernels' ops (engine.numba_ops().vision) gives the float64 reference's output."""
     v = from_hf(preset("tiny")).vision
     D = v.hidden_size
     blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
@@ -325,7 +350,7 @@ def test_segment_attention_matches_reference(rng, grid):
     cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
     bounds = segments(grid)
     ref = attention(x.astype(np.float64), blk, v, cos, sin, bounds)
-    close(attention(x, blk, v, cos, sin, bounds, backend="numba"), ref, f"segment attention {grid}")
+    close(attention(x, blk, v, cos, sin, bounds, numba_ops().vision), ref, f"segment attention {grid}")
 
 
 # ----------------------------------------------------------------------------
@@ -383,7 +408,7 @@ def test_vision_rope_matches_reference(rng, body):
 
 
 def test_vision_block_matches_reference(rng):
-    """A whole block through the kernels (backend="numba") against the float64 NumPy block."""
+    """A whole block through the kernels (engine.numba_ops().vision) against the float64 NumPy block."""
     v = from_hf(preset("tiny")).vision
     D, F = v.hidden_size, v.intermediate_size
     blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
@@ -393,7 +418,7 @@ def test_vision_block_matches_reference(rng):
     rope = [rope_2d(g, v.head_dim, v.rope_theta) for g in grid]
     cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
     ref = vision_block(x.astype(np.float64), blk, v, cos, sin, segments(grid))
-    close(vision_block(x, blk, v, cos, sin, segments(grid), backend="numba"), ref, "vision block")
+    close(vision_block(x, blk, v, cos, sin, segments(grid), numba_ops().vision), ref, "vision block")
 
 
 # ----------------------------------------------------------------------------
