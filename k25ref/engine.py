@@ -105,9 +105,10 @@ def kernel_experts(i, x, idx, g, W):  # (T, D), (T, A), (T, A) -> (T, D)
         return reference_experts(i, x, idx, g, W)
     if W.cache.budget is None:
         chosen = np.unique(idx)
-        W.load_experts(i, chosen)                                             # read what was chosen, counted
         table = W.held(("kernel experts", i), lambda: kernel.LayerExperts(W.cfg.text.n_routed_experts))
-        table.add(chosen, lambda e: W.expert(i, e))
+        new = chosen[~table.held[chosen]]                                     # the others are in the table
+        W.load_experts(i, new, known=len(chosen) - len(new))                  # read what is new, all counted
+        table.add(new, lambda e: W.expert(i, e))
         if table.exact[chosen].all():
             return kernel.moe_experts(x, idx, g, table.arrays)
         return moe(x, idx, g, lambda e: W.expert(i, e), None)

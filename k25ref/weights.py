@@ -353,9 +353,11 @@ class Weights:
         k = self.cfg.text.num_experts_per_tok
         return [used[a:a + k] for a in range(0, len(used), k)]
 
-    def load_experts(self, i, experts):
+    def load_experts(self, i, experts, known=0):
         """Count cache hits/misses of layer i's chosen experts and read the missing ones, concurrently when
-        a prefetcher is present, before the layer uses them one by one."""
+        a prefetcher is present, before the layer uses them one by one. `known`: how many more were chosen
+        that the caller knows to be cached (counted as hits, not looked up)."""
+        self.reader.stats.expert(i, True, known)
         for e in experts:
             self.reader.stats.expert(i, f"{layer_prefix(i)}mlp.experts.{e}." in self.cache)
         load = [lambda e=e: self.expert(i, e) for e in experts]
