@@ -97,20 +97,21 @@ def by_chunks(i, x, idx, g, W, run):
 
 def kernel_experts(i, x, idx, g, W):  # (T, D), (T, A), (T, A) -> (T, D)
     """The packed-INT4 MoE kernel on all of a call's chosen experts at once. With every weight kept (no
-    budget), each layer's experts sit in one table built once (`moe_experts.LayerExperts`) and the kernel
-    takes global expert ids; under a budget the chosen ones are gathered per chunk. Experts the kernel
-    cannot reproduce (non-BF16 scales) run the reference."""
+    budget) the kernel indexes the layer's stacked experts (`Weights.expert_stack`) by global expert id;
+    under a budget the chosen ones are gathered for each chunk. Experts the kernel cannot reproduce
+    (non-BF16 scales: `kernel_exact`) run the reference."""
     from k25ref.kernels import moe_experts as kernel
     if W.cfg.quant is None:
         return reference_experts(i, x, idx, g, W)
     if W.cache.budget is None:
-        chosen = np.unique(idx)
-        table = W.held(("kernel experts", i), lambda: kernel.LayerExperts(W.cfg.text.n_routed_experts))
-        new = chosen[~table.held[chosen]]                                     # the others are in the table
+        chosen, stack = np.unique(idx), W.expert_stack(i)
+        new = chosen[~stack.held[chosen]]                                     # the others are in the stack
         W.load_experts(i, new, known=len(chosen) - len(new))                  # read what is new, all counted
-        table.add(new, lambda e: W.expert(i, e))
-        if table.exact[chosen].all():
-            return kernel.moe_experts(x, idx, g, table.arrays)
+        exact = W.held(("kernel exact", i), lambda: np.zeros(len(stack.held), bool))
+        for e in new:
+            exact[e] = all(kernel.kernel_exact(w) for w in W.expert(i, int(e)))
+        if exact[chosen].all():
+            return kernel.moe_experts(x, idx, g, stack.arrays)
         return moe(x, idx, g, lambda e: W.expert(i, e), None)
 
     def run(x, idx, g, chosen):

@@ -12,6 +12,7 @@ import pytest
 from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.config import from_hf
 from k25ref.engine import numba_ops
+from k25ref.weights import ExpertStack
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
@@ -21,7 +22,7 @@ from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_prod
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref.kernels import mla_blocked
-from k25ref.kernels.moe_experts import (LayerExperts, gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
+from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.expf import _exp_loops, exp_numba
 from k25ref.kernels.vision_attention import _softmax_rows_loops, softmax_rows, softmax_rows_numba
@@ -207,27 +208,26 @@ def test_gather_experts_refuses_scales_the_kernel_cannot_reproduce(rng):
 
 
 @pytest.mark.parametrize("T", [1, 7])
-def test_layer_experts_take_global_ids(rng, T):
-    """A layer's table (LayerExperts), filled only with the experts chosen so far (the rest are zero
-    placeholders), gives the reference's output on global expert ids; each expert is read once; an expert
-    with F32 scales is flagged inexact and kept out of the lists."""
+def test_kernel_takes_a_layers_stacked_experts_by_global_id(rng, T):
+    """A layer's ExpertStack, filled only with the experts chosen so far (the rest zero), gives the
+    reference's output on global expert ids; the Int4Weights it hands back are views of its entries."""
     E, A, D, F = 8, 2, 64, 32
     ws = _experts(rng, E, D, F)
-    down = ws[7][2]
-    ws[7] = ws[7][:2] + (Int4Weight(down.packed, down.scale, down.shape, "F32"),)
-    table, read = LayerExperts(E), []
+    stack = ExpertStack(E)
     no_shared = (np.zeros((1, D), np.float32), np.zeros((1, D), np.float32), np.zeros((D, 1), np.float32))
-    for lo, hi in ((0, 4), (2, 7)):                                # the second call adds experts 4..6 only
+    for lo, hi in ((0, 4), (2, 7)):                                # the second call adds experts 4..6
         u = rng.standard_normal((T, D), dtype=np.float32)
         idx = np.stack([rng.choice(np.arange(lo, hi), A, replace=False) for _ in range(T)])
         g = rng.random((T, A), dtype=np.float32)
-        table.add(np.unique(idx), lambda e: read.append(e) or ws[e])
+        for e in np.unique(idx):
+            if not stack.held[e]:
+                views = stack.put(e, ws[e])                         # gate, up, down
+                assert all(np.shares_memory(w.packed, stack.arrays[2 * j]) and np.shares_memory(w.scale, stack.arrays[2 * j + 1])
+                           for j, w in enumerate(views))
         ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
                   lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
-        close(moe_experts(u, idx, g, table.arrays), ref, f"layer table T={T} experts {lo}..{hi - 1}")
-    assert sorted(read) == sorted(set(read)) and table.held[:7].sum() == len(read)
-    table.add(np.array([7]), lambda e: ws[e])
-    assert table.held[7] and not table.exact[7] and table.exact[list(set(read))].all()
+        close(moe_experts(u, idx, g, stack.arrays), ref, f"stacked experts T={T} chosen from {lo}..{hi - 1}")
+    assert not stack.held[7] and not stack.arrays[0][7].any()
 
 
 # ----------------------------------------------------------------------------

@@ -20,9 +20,9 @@ Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in floa
 weight straight inside the dot product.
 
 The chosen experts come from the same budgeted weight cache as the reference's (`Weights.expert`), and are
-handed to the kernel as lists of the cached arrays: a layer's table of all its experts, built once
-(`LayerExperts`: the kernel takes global expert ids), or, under a memory budget, the chosen ones gathered for
-each call (`gather_experts`; small ones are stacked, which is faster).
+handed to the kernel as stacked arrays of all the layer's experts, filled as they are first read
+(`weights.ExpertStack`: idx holds global expert ids), or, under a memory budget, the chosen ones gathered for
+each call (`gather_experts`: lists of the cached arrays, small ones stacked, which is faster).
 Checked by tests/test_kernels.py::test_moe_experts_matches_reference (also with NUMBA_DISABLE_JIT=1).
 """
 import numpy as np
@@ -167,33 +167,6 @@ def gather_experts(experts, stack=None):  # [(gate, up, down) Int4Weight] * n ->
     return tuple(gather([np.ascontiguousarray(getattr(w, f)) for w in ws]) for ws in mats for f in ("packed", "scale"))
 
 
-class LayerExperts:
-    """All E routed experts of one layer as the kernel takes them, built once per layer and kept beside the
-    weights (every weight kept: no memory budget): six lists (packed codes and scales of gate, up, down) whose
-    entry e is expert e's cached array, so a call passes global expert ids and nothing is copied or rebuilt
-    per token (`gather_experts` built typed lists on every call: ~11% of a small model's decoding). Entries
-    are filled as experts are first chosen; until then they hold one shared zero array of the right shape.
-    `exact[e]`: expert e is in and the kernel reproduces it (`kernel_exact`); callers send the others to the
-    reference."""
-
-    def __init__(self, E):
-        self.arrays, self.held, self.exact = None, np.zeros(E, bool), np.zeros(E, bool)
-
-    def add(self, chosen, expert):  # (C,) expert ids, expert(e) -> (gate, up, down) Int4Weight
-        """Put the chosen experts that are not in yet into the lists (each read once, by `expert`)."""
-        for e in chosen[~self.held[chosen]]:
-            ws = expert(int(e))
-            if self.arrays is None:
-                self.arrays = tuple(array_list([np.zeros_like(getattr(w, f))] * len(self.held))
-                                    for w in ws for f in ("packed", "scale"))
-            self.held[e], self.exact[e] = True, all(kernel_exact(w) for w in ws)
-            if self.exact[e]:
-                for j, w in enumerate(ws):                                     # gate, up, down
-                    check(w, self.arrays[2 * j][0].shape, self.arrays[2 * j + 1][0].shape[1])
-                    self.arrays[2 * j][e] = np.ascontiguousarray(w.packed)
-                    self.arrays[2 * j + 1][e] = np.ascontiguousarray(w.scale)
-
-
 def check(w: Int4Weight, packed_shape, n_groups):
     if w.packed.shape != packed_shape or w.scale.shape[1] != n_groups or w.group_size % 8:
         raise ConfigError(f"INT4 expert of shape {w.shape} (group {w.group_size}) does not match the other chosen "
@@ -206,8 +179,8 @@ def check(w: Int4Weight, packed_shape, n_groups):
 
 def moe_experts(u, idx, g, experts):  # (T, D), (T, A), (T, A) -> (T, D) float32
     """The routed part of `moe.moe` through the kernel (add the shared expert yourself). `experts` is
-    `gather_experts(...)`, idx holding positions in that list (0..n-1), or `LayerExperts.arrays`, idx holding
-    global expert ids."""
+    `gather_experts(...)`, idx holding positions in that list (0..n-1), or `weights.ExpertStack.arrays`,
+    idx holding global expert ids."""
     T, D = u.shape
     out = np.empty(u.shape, np.float32)
     work = idx.size * 3 * D * experts[0][0].shape[0]                           # T*A*3*D*F multiply-adds
