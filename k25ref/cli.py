@@ -102,12 +102,12 @@ model_option = click.option("--model", "-m", "model_dir", type=click.Path(exists
                                  "Shakespeare and synthetic shapes).")
 
 
-def _open(model_dir, memory_budget=None):
+def _open(model_dir, memory_budget=None, backend="auto"):
     """(model, tokenizer) for a folder, with a progress bar over shard headers."""
     from k25ref.model import load_model
     from k25ref.tokenizer import Tokenizer
     path = model_dir or default_model_path()
-    model = load_model(path, memory_budget=memory_budget, progress=True)
+    model = load_model(path, memory_budget=memory_budget, progress=True, backend=backend)
     tok = Tokenizer.from_pretrained(path)
     tok.require_vocabulary(model.cfg.text.vocab_size, path)
     return model, tok
@@ -116,17 +116,18 @@ def _open(model_dir, memory_budget=None):
 FIRST_COMPILE = "about 20-40 s on 2 cores"     # `NUMBA_CACHE_DIR=$(mktemp -d) k25ref warmup` (docs/kernels.md)
 
 
-def _prepare_kernels():
-    """Compile the Numba kernels (or load them from the cache) before the clock starts; say so if it takes long."""
+def _prepare_kernels(model):
+    """The model's kernels compiled (or loaded from the cache) before the clock starts; say so if it takes long."""
     import threading
-    from k25ref.kernels import warmup as compile_all
     from k25ref.progress import notice as say
+    if model.ops.name != "numba":
+        return
     done = threading.Event()
     notice = threading.Timer(2.0, lambda: done.is_set() or say(
         f"compiling kernels (first run only, {FIRST_COMPILE}; `k25ref warmup` does it ahead)..."))
     notice.start()
     try:
-        compile_all()
+        model.ops.prepare()
     finally:
         done.set()
         notice.cancel()
@@ -186,9 +187,10 @@ class TextStream:
 @click.option("--max-memory", default=None, type=Size(),
               help="Memory for the model's weights, e.g. 4G, 4GB or 512MiB (G = 10^9, GiB = 2^30): one forward pass's working set (a layer's weights, the "
                    "chosen experts) plus a cache of the rest; the Python process adds ~0.3 GB (default: no limit).")
-@click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", "numba", "numpy"]), default="auto", show_default=True,
               help=f"numba: the compiled kernels (fast; the first run compiles them, {FIRST_COMPILE}, then they are "
-                   "cached); numpy: the plain reference. Both give the same tokens.")
+                   "cached); numpy: the plain reference; auto: numba, or numpy under NUMBA_DISABLE_JIT=1 "
+                   "(K25REF_BACKEND replaces auto). Both give the same tokens.")
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An image to show the model (repeatable); it comes before the prompt text.")
 @click.option("--video", "videos", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -205,7 +207,7 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
     if raw and (images or videos):
         raise click.UsageError("--image/--video need the chat template: drop --raw")
     parts, pixels, grids = _media_parts(images, videos)
-    model, tok = _open(model_dir, max_memory)
+    model, tok = _open(model_dir, max_memory, backend)
     if raw:
         ids = tok.encode(prompt)
     else:
@@ -219,9 +221,8 @@ def generate(prompt, model_dir, max_tokens, temp, top_p, top_k, seed, system, th
         kw = {"pixel_values": np.concatenate(pixels), "grid_thw": np.concatenate(grids)}
         ids = expand_placeholders(ids, kw["grid_thw"], model.cfg.media_placeholder_token_id)
     tokens = model.generate(ids, max_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed,
-                            backend=backend, prefill_chunk=prefill_chunk, progress=True, **kw)   # checks the prompt
-    if backend == "numba":
-        _prepare_kernels()
+                            prefill_chunk=prefill_chunk, progress=True, **kw)   # checks the prompt
+    _prepare_kernels(model)
     t0 = time.perf_counter()
     new, first = _stream(tokens, TextStream(tok, sys.stdout))
     t1 = time.perf_counter()
@@ -286,7 +287,7 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefil
     A line that is not UTF-8 or longer than 100,000 characters is refused on its own; the chat goes on."""
     from k25ref.chat import parse_output
     model, tok = _open(model_dir)
-    _prepare_kernels()
+    _prepare_kernels(model)
     history = [{"role": "system", "content": system}] if system else []
     while True:
         line = _chat_line()
@@ -306,7 +307,7 @@ def chat(model_dir, system, think, show_thinking, max_tokens, temp, seed, prefil
         try:
             ids = tok.apply_chat_template(history + [{"role": "user", "content": line}], thinking=think)
             shown = ReplyOut(think, show_thinking)
-            new, _ = _stream(model.generate(ids, max_tokens, temperature=temp, seed=seed, backend="numba",
+            new, _ = _stream(model.generate(ids, max_tokens, temperature=temp, seed=seed,
                                             prefill_chunk=prefill_chunk), TextStream(tok, shown))
             shown.end()
         except PromptError as e:                        # this turn's error; the history stays as it was

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from k25ref import decoder, multimodal, projector
+from k25ref import decoder, engine, multimodal, projector
 from k25ref.checkpoint import Checkpoint
 from k25ref.config import KimiK25Config, load_config
 from k25ref.errors import PromptError
@@ -21,10 +21,12 @@ PREFILL_CHUNK = 512     # prompt tokens per pass through the layers (Model.forwa
 
 
 class Model:
-    """Kimi K2.5 over one checkpoint folder. No tensor is read until used."""
+    """Kimi K2.5 over one checkpoint folder. No tensor is read until used. `ops`: the code every pass runs,
+    chosen once from `backend` (k25ref.engine: the Numba kernels or the NumPy reference)."""
 
-    def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None):
+    def __init__(self, path, cfg: KimiK25Config, ckpt: Checkpoint, memory_budget=None, backend="auto"):
         self.path, self.cfg, self.ckpt = str(path), cfg, ckpt
+        self.ops = engine.ops(backend)
         # the budget less the working set of one forward pass (weights.working_set) holds cached weights
         self.working_set, self.memory_budget = working_set(ckpt, cfg), memory_budget
         self.cache = WeightCache(None if memory_budget is None else max(0, memory_budget - self.working_set))
@@ -67,9 +69,15 @@ class Model:
                               f"chunk or shorten the prompt")
         self.cache.budget = max(0, free)
 
-    def vision_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (sum h*w/4, D)
+    def ops_for(self, backend=None):  # -> engine.Ops
+        """The model's bundle, or for one call another one (a name, as load_model takes, or an engine.Ops)."""
+        return self.ops if backend is None else engine.ops(backend)
+
+    def vision_features(self, pixel_values, grid_thw, capture=None, backend=None):  # -> (sum h*w/4, D)
         """MoonViT + projector: one row per merged 2x2 patch group (a video chunk's frames are pooled)."""
-        return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture, backend)
+        ops = self.ops_for(backend)
+        ops.prepare()
+        return projector.vision_features(self.weights, self.cfg, pixel_values, grid_thw, capture, ops.vision)
 
     def check_context(self, prompt_tokens, max_new_tokens=0, grid_thw=None, start=0):
         """PromptError, before any work, unless positions start .. start + prompt_tokens + max_new_tokens - 1
@@ -87,7 +95,7 @@ class Model:
                               f"the model's context of {n} (max_position_embeddings): shorten the prompt or ask "
                               f"fewer tokens")
 
-    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, backend="numpy",
+    def forward(self, input_ids, cache, capture=None, absorbed=False, last_only=False, backend=None,
                 features=None, prefill_chunk=PREFILL_CHUNK, progress=False):
         """(T,) -> (T, V): logits of the new tokens, continuing `cache` (which is extended in place).
 
@@ -95,8 +103,11 @@ class Model:
         its latents to the cache and attends to everything before it, so a prompt's activations and attention
         scores take memory for one chunk, not for T tokens. The logits are the same (tests/test_long_context.py).
         `features` (M, D): media rows for the prompt's M placeholder ids (media_features), spliced chunk by
-        chunk. `progress`: a bar over the chunks on stderr when there are several and stderr is a terminal."""
+        chunk. `progress`: a bar over the chunks on stderr when there are several and stderr is a terminal.
+        `backend`: None runs the model's ops; a name or an engine.Ops runs those for this call (see ops_for)."""
         ids = self.check_ids(input_ids)
+        ops = self.ops_for(backend)
+        ops.prepare()
         T, start = len(ids), cache[0].length
         check_chunk(prefill_chunk)
         self.check_context(T, start=start)
@@ -114,8 +125,8 @@ class Model:
             else:
                 h = self.weights.embedding_rows(ids[a:b])
             part = None if capture is None else {"embed": h}
-            logits = decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, part, absorbed, last_only,
-                                     backend, logits=not last_only or b == T)
+            logits = decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, ops, part, absorbed,
+                                     last_only, logits=not last_only or b == T)
             out += [] if logits is None else [logits]
             parts += [] if part is None else [part]
             if bar is not None:
@@ -126,26 +137,29 @@ class Model:
             capture.update({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None, prefill_chunk=PREFILL_CHUNK):
+    def logits(self, input_ids, pixel_values=None, grid_thw=None, capture=None, prefill_chunk=PREFILL_CHUNK,
+               backend=None):
         """Full-sequence logits (T, V) float32 from scratch, images and video chunks included, the prompt run
         in chunks of `prefill_chunk` tokens (see forward). Pass a dict as `capture` to receive named
         intermediates: embed, layers.{i}.attn_out, layers.{i}.router_indices, layers.{i}.router_weights,
-        layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media)."""
+        layers.{i}.mlp_out, layers.{i}.hidden, final_norm (and vision.* with media). `backend`: see forward."""
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), grid_thw=grid_thw)
         self.reserve(len(ids), prefill_chunk)
-        features = self.media_features(pixel_values, grid_thw, capture)
-        out = self.forward(ids, self.new_cache(len(ids)), capture, features=features, prefill_chunk=prefill_chunk)
-        return check_logits(out, lambda: capture if capture is not None else self.trace(ids, pixel_values, grid_thw))
+        features = self.media_features(pixel_values, grid_thw, capture, backend)
+        out = self.forward(ids, self.new_cache(len(ids)), capture, features=features, prefill_chunk=prefill_chunk,
+                           backend=backend)
+        return check_logits(out, lambda: capture if capture is not None else
+                            self.trace(ids, pixel_values, grid_thw, backend))
 
-    def trace(self, input_ids, pixel_values=None, grid_thw=None):
+    def trace(self, input_ids, pixel_values=None, grid_thw=None, backend=None):
         """Every named intermediate of a full pass (see `logits`), without checking them."""
         capture = {}
-        self.forward(input_ids, self.new_cache(len(input_ids)), capture,
-                     features=self.media_features(pixel_values, grid_thw, capture))
+        self.forward(input_ids, self.new_cache(len(input_ids)), capture, backend=backend,
+                     features=self.media_features(pixel_values, grid_thw, capture, backend))
         return capture
 
-    def media_features(self, pixel_values, grid_thw, capture=None, backend="numpy"):  # -> (M, D)
+    def media_features(self, pixel_values, grid_thw, capture=None, backend=None):  # -> (M, D)
         """vision_features of the prompt's media, or no rows when there is none."""
         if pixel_values is None:
             return np.zeros((0, self.cfg.text.hidden_size), np.float32)
@@ -165,7 +179,7 @@ class Model:
         return frozenset(ids)
 
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop_ids=None,
-                 pixel_values=None, grid_thw=None, absorbed=True, backend="numpy", prefill_chunk=PREFILL_CHUNK,
+                 pixel_values=None, grid_thw=None, absorbed=True, backend=None, prefill_chunk=PREFILL_CHUNK,
                  progress=False):
         """Yield new token ids one at a time: prefill the prompt (in chunks of `prefill_chunk` tokens, see
         forward), then decode with the latent cache.
@@ -176,12 +190,14 @@ class Model:
         stop_ids=None means the checkpoint's end-of-turn/eos ids, an empty sequence never stops early.
         Bad arguments, media that do not fill the placeholders, and a prompt plus max_new_tokens longer than the
         context raise PromptError at the call, before any work. `progress`: a bar over the prompt's chunks (see forward).
+        `backend`: None runs the model's ops (see forward).
         """
         if (not 0 <= temperature < np.inf or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0      # NaN fails too
                 or not (seed is None or 0 <= seed)):
             raise PromptError("need a finite temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0 "
                               "and seed None or >= 0")
         check_chunk(prefill_chunk)
+        ops = self.ops_for(backend)
         ids = self.check_ids(input_ids)
         self.check_context(len(ids), max_new_tokens, grid_thw)
         media = self.cfg.media_placeholder_token_id
@@ -190,16 +206,16 @@ class Model:
         self.reserve(len(ids) + max_new_tokens, prefill_chunk)
         stops = self.stop_ids if stop_ids is None else frozenset(int(i) for i in stop_ids)
         return self._generate(ids, max_new_tokens, temperature, top_p, top_k, np.random.default_rng(seed), stops,
-                              pixel_values, grid_thw, absorbed, backend, prefill_chunk, progress)
+                              pixel_values, grid_thw, absorbed, ops, prefill_chunk, progress)
 
     def _generate(self, ids, max_new_tokens, temperature, top_p, top_k, rng, stops, pixel_values, grid_thw,
-                  absorbed, backend, prefill_chunk, progress):
+                  absorbed, ops, prefill_chunk, progress):
         cache, seen = self.new_cache(len(ids) + max_new_tokens), list(ids)
-        features = self.media_features(pixel_values, grid_thw, backend=backend) if max_new_tokens else None
+        features = self.media_features(pixel_values, grid_thw, backend=ops) if max_new_tokens else None
         for _ in range(max_new_tokens):
-            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=backend,
+            logits = self.forward(ids, cache, absorbed=absorbed, last_only=True, features=features, backend=ops,
                                   prefill_chunk=prefill_chunk, progress=progress)[-1]
-            check_logits(logits, lambda: self.trace(seen, pixel_values, grid_thw))
+            check_logits(logits, lambda: self.trace(seen, pixel_values, grid_thw, ops))
             token = sample(logits, temperature, top_k, top_p, rng)
             if token in stops:
                 return
@@ -222,7 +238,7 @@ def default_model_path():
     return os.path.join(os.path.dirname(__file__), "assets", "nano")
 
 
-def load_model(path, memory_budget=None, progress=False):
+def load_model(path, memory_budget=None, progress=False, backend="auto"):
     """Open a released-layout checkpoint folder (config.json + safetensors shards) -> Model.
 
     memory_budget: bytes the model may hold (None: keep every weight it reads): what is left after the
@@ -230,8 +246,14 @@ def load_model(path, memory_budget=None, progress=False):
         interpreter and libraries the process already holds are not counted. Nothing is read before it is
         needed either way.
     progress: show a progress bar while shard headers are read and checked.
+    backend: the code every pass runs, chosen here once (k25ref.engine): "auto" (the default; the
+        K25REF_BACKEND environment variable replaces it) is "numba", the compiled kernels, unless
+        NUMBA_DISABLE_JIT=1, then "numpy", the plain reference. Both give the same tokens; the kernels
+        compile on first use (announced on the "k25ref" logger), then load from numba's cache. A name
+        outside these three is a ConfigError.
     """
+    ops = engine.ops(backend)                                             # a bad name fails before any reading
     cfg = load_config(path)
     ckpt = Checkpoint(path, progress)
     validate(ckpt, cfg)
-    return Model(path, cfg, ckpt, memory_budget)
+    return Model(path, cfg, ckpt, memory_budget, ops)

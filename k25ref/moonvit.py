@@ -220,61 +220,52 @@ class VisionBlockWeights:
 BLOCK_NAMES = {"norm0": "norm0", "wqkv": "wqkv", "wo": "wo", "norm1": "norm1", "fc0": "mlp.fc0", "fc1": "mlp.fc1"}
 
 
-def block_diagonal_attention(q, k, val, bounds, backend="numpy"):  # (H, N, Dh) x3 -> (H, N, Dh)
-    """softmax(q k^T / sqrt(Dh)) v inside each segment. The products go to BLAS; the softmax (with the
-    scaling, which it fuses) is the part with a kernel (kernels/vision_attention.py), picked here."""
+class VisionOps(NamedTuple):
+    """The passes between the products of the tower and the projector (the products go to BLAS)."""
+    layer_norm: Callable           # (x, weight, bias, eps)
+    bias_gelu_tanh: Callable       # (h, bias) -> gelu_tanh(h + bias), the block MLP's activation
+    gelu_erf: Callable             # (x,) the projector's exact GELU
+    rope: Callable                 # (x, cos, sin) -> apply_rope_interleaved
+    scaled_softmax: Callable       # (scores, scale) -> softmax(scores * scale) along the last axis
+
+
+REFERENCE = VisionOps(layer_norm, lambda h, bias: gelu_tanh(h + bias), gelu_erf, apply_rope_interleaved,
+                      lambda scores, scale: softmax(scores * scale))     # the kernels' bundle: k25ref.engine
+
+
+def block_diagonal_attention(q, k, val, bounds, ops=REFERENCE):  # (H, N, Dh) x3 -> (H, N, Dh)
+    """softmax(q k^T / sqrt(Dh)) v inside each segment. The products go to BLAS, the softmax (with the
+    scaling, which it fuses) to `ops`."""
     H, N, Dh = q.shape
     scale = np.float32(Dh ** -0.5)
-    if backend == "numba":
-        from k25ref.kernels.vision_attention import softmax_rows as scaled_softmax
-    else:
-        scaled_softmax = lambda scores, scale: softmax(scores * scale)              # noqa: E731
     out = np.empty_like(val)                                                        # (H, N, Dh)
     for a, b in bounds:                                                             # one image / video chunk
         kT = k[:, a:b].transpose(0, 2, 1)                                           # (H, Dh, n)
         for r in range(a, b, QUERY_ROWS):                                           # softmax rows are independent
             e = min(r + QUERY_ROWS, b)
-            out[:, r:e] = scaled_softmax(q[:, r:e] @ kT, scale) @ val[:, a:b]       # (H, rows, Dh)
+            out[:, r:e] = ops.scaled_softmax(q[:, r:e] @ kT, scale) @ val[:, a:b]   # (H, rows, Dh)
     return out
 
 
-class Elementwise(NamedTuple):
-    """The passes between the products of the tower and the projector."""
-    layer_norm: Callable           # (x, weight, bias, eps)
-    bias_gelu_tanh: Callable       # (h, bias) -> gelu_tanh(h + bias), the block MLP's activation
-    gelu_erf: Callable             # (x,) the projector's exact GELU
-    rope: Callable                 # (x, cos, sin) -> apply_rope_interleaved
-
-
-def elementwise(backend):  # -> Elementwise
-    """NumPy's passes, or the one-pass kernels of kernels/vision_block.py: the one place that picks."""
-    if backend == "numba":
-        from k25ref.kernels import vision_block as kb
-        return Elementwise(kb.layer_norm, kb.bias_gelu_tanh, kb.gelu_erf, kb.apply_rope_interleaved)
-    return Elementwise(layer_norm, lambda h, bias: gelu_tanh(h + bias), gelu_erf, apply_rope_interleaved)
-
-
 def attention(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
-              backend="numpy"):  # (N, Dvis) -> (N, Dvis)
+              ops=REFERENCE):  # (N, Dvis) -> (N, Dvis)
     """Multi-head self-attention, block-diagonal over items, RoPE-2D on q and k:
 
         o_h = softmax(RoPE(q_h) RoPE(k_h)^T / sqrt(Dh)) v_h   within each segment        [ViT; RoFormer eq. 34]
     """
     N, H, Dh = x.shape[0], v.num_attention_heads, v.head_dim
-    rope = elementwise(backend).rope
     qkv = x @ blk.wqkv_weight.T + blk.wqkv_bias                                     # (N, 3*Dvis)
     q, k, val = qkv.reshape(N, 3, H, Dh).transpose(1, 2, 0, 3)                       # (H, N, Dh) each
-    q, k = rope(q, cos, sin), rope(k, cos, sin)                                     # same pair order for both
-    out = block_diagonal_attention(q, k, val, bounds, backend)                      # (H, N, Dh)
+    q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)                             # same pair order for both
+    out = block_diagonal_attention(q, k, val, bounds, ops)                          # (H, N, Dh)
     return out.transpose(1, 0, 2).reshape(N, H * Dh) @ blk.wo_weight.T + blk.wo_bias  # (N, Dvis)
 
 
 def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
-                 backend="numpy"):  # (N, Dvis) -> (N, Dvis)
+                 ops=REFERENCE):  # (N, Dvis) -> (N, Dvis)
     """Pre-LN transformer block [ViT eqs. 2-3]: x += Attn(LN0 x); x += fc1 gelu_tanh(fc0 LN1 x)."""
     eps = v.layer_norm_eps
-    ops = elementwise(backend)
-    x = x + attention(ops.layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, backend)
+    x = x + attention(ops.layer_norm(x, blk.norm0_weight, blk.norm0_bias, eps), blk, v, cos, sin, bounds, ops)
     h = ops.bias_gelu_tanh(ops.layer_norm(x, blk.norm1_weight, blk.norm1_bias, eps) @ blk.fc0_weight.T,
                            blk.fc0_bias)                                            # (N, Fvis)
     return x + h @ blk.fc1_weight.T + blk.fc1_bias                                 # (N, Dvis)
@@ -285,7 +276,7 @@ def vision_block(x, blk: VisionBlockWeights, v: VisionConfig, cos, sin, bounds,
 
 
 def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
-                 backend="numpy"):  # (N, 3, P, P), (I, 3) -> (N, Dvis)
+                 ops=REFERENCE):  # (N, 3, P, P), (I, 3) -> (N, Dvis)
     """MoonViT over a packed batch of images and video chunks; returns the final-LayerNorm output.
 
     W is anything with `f32(name) -> float32 array` by checkpoint name (k25ref.weights.Weights).
@@ -303,7 +294,7 @@ def vision_tower(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
     if capture is not None:
         capture["vision.embed"] = h
     for b in bar(range(v.num_hidden_layers), desc=f"vision encoder ({x.shape[0]} patches)", unit="block"):
-        h = vision_block(h, VisionBlockWeights.load(W, b), v, cos, sin, bounds, backend)   # (N, Dvis)
+        h = vision_block(h, VisionBlockWeights.load(W, b), v, cos, sin, bounds, ops)   # (N, Dvis)
         if capture is not None:
             capture[f"vision.blocks.{b}"] = h
     final = f"{TOWER}encoder.final_layernorm."

@@ -1,5 +1,6 @@
 """The small functions every layer uses: linear maps, RMSNorm, LayerNorm, SiLU, GELU, softmax. All float32."""
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -7,12 +8,17 @@ from k25ref.checkpoint import bf16_to_f32
 from k25ref import int4
 
 
+def widened_matmul(raw, x):  # (O, I) uint16, (T, I) -> (T, O)
+    """x W^T with the stored bf16 matrix widened exactly to float32 for this one product."""
+    return x @ bf16_to_f32(raw).T
+
+
 @dataclass(frozen=True)
 class Bf16Weight:
-    """A BF16 matrix kept as stored (uint16 bits, half the bytes of float32) until it is used: widened
-    exactly for one product at a time (the reference), or read as is by the bf16 kernel (`kernel=True`)."""
-    raw: np.ndarray        # (O, I) uint16
-    kernel: bool = False
+    """A BF16 matrix kept as stored (uint16 bits, half the bytes of float32) until it is used: `matmul`
+    widens it for one product at a time (the reference), or is the bf16 kernel, which reads it as is."""
+    raw: np.ndarray                 # (O, I) uint16
+    matmul: Callable = widened_matmul   # (raw, x (T, I)) -> (T, O)
 
     @property
     def shape(self):
@@ -24,10 +30,7 @@ def linear(x, w):  # (T, I), (O, I) as float32, Int4Weight or Bf16Weight -> (T, 
     if isinstance(w, int4.Int4Weight):
         return int4.linear(x, w)
     if isinstance(w, Bf16Weight):
-        if w.kernel:
-            from k25ref.kernels.bf16_matvec import bf16_matmul
-            return bf16_matmul(w.raw, x)
-        return x @ bf16_to_f32(w.raw).T
+        return w.matmul(w.raw, x)
     return x @ w.T
 
 

@@ -16,7 +16,7 @@ Same as: transformers `get_vision_temporal_merge_index` + `Kimi_K25MultimodalPro
 import numpy as np
 
 from k25ref.config import KimiK25Config
-from k25ref.moonvit import elementwise, vision_config, vision_tower
+from k25ref.moonvit import REFERENCE, vision_config, vision_tower
 
 PROJECTOR = "mm_projector."
 
@@ -34,7 +34,7 @@ def temporal_merge(x, grid_thw):  # (N, Dvis), (I, 3) -> (M, 4, Dvis),  M = sum 
     return np.concatenate(parts)
 
 
-def project(W, cfg: KimiK25Config, merged, backend="numpy"):  # (M, 4, Dvis) -> (M, D)
+def project(W, cfg: KimiK25Config, merged, ops=REFERENCE):  # (M, 4, Dvis) -> (M, D)
     """The patch-merger projector: per-sub-patch LayerNorm, concat, Linear, exact GELU, Linear.
 
     The GELU here is the exact erf form (torch nn.GELU()), unlike the tower's tanh approximation.
@@ -42,7 +42,6 @@ def project(W, cfg: KimiK25Config, merged, backend="numpy"):  # (M, 4, Dvis) -> 
     v = vision_config(cfg)
     M, K, Dvis = merged.shape
     assert (K, Dvis) == (4, v.hidden_size)
-    ops = elementwise(backend)                                                      # NumPy or one-pass kernels
     z = ops.layer_norm(merged, W.f32(f"{PROJECTOR}pre_norm.weight"), W.f32(f"{PROJECTOR}pre_norm.bias"),
                        v.projector_ln_eps)                                          # (M, 4, Dvis)
     z = z.reshape(M, K * Dvis)                                                      # (M, 4*Dvis)  k*Dvis + c
@@ -51,15 +50,15 @@ def project(W, cfg: KimiK25Config, merged, backend="numpy"):  # (M, 4, Dvis) -> 
 
 
 def vision_features(W, cfg: KimiK25Config, pixel_values, grid_thw, capture=None,
-                    backend="numpy"):  # (N, 3, P, P), (I, 3) -> (M, D)
+                    ops=REFERENCE):  # (N, 3, P, P), (I, 3) -> (M, D)
     """Images and video chunks -> one LLM embedding per merged 2x2 block, in prompt order.
 
     Row counts: item [t, h, w] gives h*w/4 rows (k25ref.multimodal.count_media_tokens). `capture` also
     receives `vision.tower` (final LayerNorm output), `vision.merged` and `vision.features`.
     """
-    y = vision_tower(W, cfg, pixel_values, grid_thw, capture, backend)              # (N, Dvis), grid checked
+    y = vision_tower(W, cfg, pixel_values, grid_thw, capture, ops)                  # (N, Dvis), grid checked
     merged = temporal_merge(y, grid_thw)                                            # (M, 4, Dvis)
-    features = project(W, cfg, merged, backend)                                     # (M, D)
+    features = project(W, cfg, merged, ops)                                         # (M, D)
     if capture is not None:
         capture.update({"vision.tower": y, "vision.merged": merged, "vision.features": features})
     return features

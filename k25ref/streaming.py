@@ -37,10 +37,11 @@ class IOStats:
             self.io_seconds += seconds
             self.reads += 1
 
-    def expert(self, layer, hit):
-        with self.lock:
-            table = self.expert_hits if hit else self.expert_misses
-            table[layer] = table.get(layer, 0) + 1
+    def expert(self, layer, hit, n=1):
+        if n:
+            with self.lock:
+                table = self.expert_hits if hit else self.expert_misses
+                table[layer] = table.get(layer, 0) + n
 
     def snapshot(self):
         with self.lock:

@@ -9,6 +9,7 @@ validates against it (headers only, before any data is read), `make-tiny` writes
 read on first use: BF16 widened exactly to float32, INT4 experts kept packed. The cache and the reader live in
 k25ref/streaming.py.
 """
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -17,7 +18,7 @@ from k25ref.checkpoint import fail, to_float32
 from k25ref.config import KimiK25Config
 from k25ref.int4 import Int4Weight
 from k25ref.mla import KEY_BLOCK, MLAWeights
-from k25ref.nn import Bf16Weight
+from k25ref.nn import Bf16Weight, widened_matmul
 from k25ref.streaming import IOStats, Reader, WeightCache
 
 TEXT = "language_model.model."
@@ -227,6 +228,28 @@ def context_bytes(cfg: KimiK25Config, context, chunk):  # -> (latent cache bytes
     return context * t.num_hidden_layers * (Ckv + Dr) * 4, 4 * (attention + rows)
 
 
+class ExpertStack:
+    """The routed INT4 experts of one layer when every weight is kept (no memory budget): six stacked arrays,
+    packed codes and scales of gate, up and down, entry e = expert e, filled as experts are first read (the
+    cached Int4Weights are views of their entries, so nothing is held twice; entries never filled stay
+    untouched zero pages, which take no memory). It is the form the MoE kernel indexes with global expert
+    ids: nothing is gathered per token, and the kernel indexes stacked arrays faster than lists of arrays
+    (one decoded token's call, one thread: 3.3x faster at tools/bench.py's tiny shapes, 1.6x at small)."""
+
+    def __init__(self, E):
+        self.arrays, self.held = None, np.zeros(E, bool)                   # (E, O, I/8) / (E, O, I/G) x 3
+
+    def put(self, e, expert):  # (gate, up, down) Int4Weight -> the same, as views of entry e
+        if self.arrays is None:
+            self.arrays = tuple(np.zeros((len(self.held), *a.shape), a.dtype)
+                                for w in expert for a in (w.packed, w.scale))
+        for j, w in enumerate(expert):
+            self.arrays[2 * j][e], self.arrays[2 * j + 1][e] = w.packed, w.scale
+        self.held[e] = True
+        return tuple(replace(w, packed=self.arrays[2 * j][e], scale=self.arrays[2 * j + 1][e])
+                     for j, w in enumerate(expert))
+
+
 class Weights:
     """Weights of one checkpoint by concept, read on first use (pread) and kept in `cache`.
 
@@ -239,26 +262,38 @@ class Weights:
         self.ckpt, self.cfg, self.cache = ckpt, cfg, cache
         self.reader = reader if reader is not None else Reader(ckpt, IOStats())
         self.expected, self.prefetcher = expected_tensors(cfg), prefetcher
+        self._held = {}
 
     def f32(self, name):
         """One floating tensor, widened exactly to float32 (cached)."""
         info = self.ckpt.info(name)
         return self.cache.get(name, lambda: to_float32(self.reader.read(name), info.dtype), info.f32_nbytes)
 
-    def optional(self, name, backend=None):
-        return self.matrix(name, backend) if name in self.expected else None
+    def optional(self, name, ops=None):
+        return self.matrix(name, ops) if name in self.expected else None
 
-    def matrix(self, name, backend=None):
-        """A big matrix. In a forward pass a BF16 one is cached as stored and handed out as a Bf16Weight: read
-        by the bf16 kernel ("numba"), or, under a budget, widened one product at a time ("numpy"), so the cache
-        and a layer in use hold half the bytes of float32. Otherwise (no backend, other dtypes, or the NumPy
-        path with no budget, where widening on every token would only repeat work): float32, cached."""
+    def matrix(self, name, ops=None):
+        """A big matrix. In a forward pass (`ops`: the model's engine.Ops) a BF16 one is cached as stored and
+        handed out as a Bf16Weight: multiplied by the bf16 kernel (ops.bf16_matmul), or, for the reference under
+        a budget, widened one product at a time, so the cache and a layer in use hold half the bytes of float32.
+        Otherwise (no ops, other dtypes, or the reference with no budget, where widening on every token would
+        only repeat work): float32, cached."""
         info = self.ckpt.info(name)
-        kept_stored = backend == "numba" or (backend == "numpy" and self.cache.budget is not None)
-        if not kept_stored or info.dtype != "BF16":
+        matmul = ops and (ops.bf16_matmul or (widened_matmul if self.cache.budget is not None else None))
+        if not matmul or info.dtype != "BF16":
             return self.f32(name)
         raw = self.cache.get((name, "stored"), lambda: self.reader.read(name), info.nbytes)
-        return Bf16Weight(raw, kernel=backend == "numba")
+        return Bf16Weight(raw, matmul)
+
+    def held(self, key, build):
+        """build(), made once and kept when every weight is kept (no budget): a layer's weights in the form a
+        forward pass takes them, or a kernel's table of them, so a decoded token does not assemble them again.
+        Under a budget what they hold may be evicted, so they are built on every call."""
+        if self.cache.budget is not None:
+            return build()
+        if key not in self._held:
+            self._held[key] = build()
+        return self._held[key]
 
     def embedding_rows(self, ids):  # (T,) -> (T, D): only the rows used are read
         name = f"{TEXT}embed_tokens.weight"
@@ -285,15 +320,21 @@ class Weights:
         t = self.cfg.text
         return self.ckpt.info(f"{TEXT}embed_tokens.weight" if t.tie_word_embeddings else LM_HEAD).dtype
 
-    def attention(self, i, backend=None):  # -> MLAWeights (see matrix() for backend)
+    def attention(self, i, ops=None):  # -> MLAWeights (see matrix() for ops; held: made once)
         p = f"{layer_prefix(i)}self_attn."
-        kw = {m[:-7]: self.optional(f"{p}{m}", backend) for m in MATRICES[:5]}
-        kw.update({n: self.optional(f"{p}{n}.weight") for n in ("kv_a_layernorm", "kv_b_proj", "q_a_layernorm")})
-        kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias") for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
-        return MLAWeights(**kw)
 
-    def mlp(self, prefix, backend=None):  # -> (gate_proj, up_proj, down_proj) (see matrix() for backend)
-        return tuple(self.matrix(f"{prefix}{n}.weight", backend) for n in ("gate_proj", "up_proj", "down_proj"))
+        def build():
+            kw = {m[:-7]: self.optional(f"{p}{m}", ops) for m in MATRICES[:5]}
+            kw.update({n: self.optional(f"{p}{n}.weight") for n in ("kv_a_layernorm", "kv_b_proj", "q_a_layernorm")})
+            kw.update({f"{n}_bias": self.optional(f"{p}{n}.bias")
+                       for n in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj")})
+            return MLAWeights(**kw)
+        return self.held((p, ops and ops.bf16_matmul), build)
+
+    def mlp(self, prefix, ops=None):  # -> (gate_proj, up_proj, down_proj) (see matrix() for ops; held: made once)
+        names = ("gate_proj", "up_proj", "down_proj")
+        return self.held((prefix, ops and ops.bf16_matmul), lambda: tuple(self.matrix(f"{prefix}{n}.weight", ops)
+                                                                           for n in names))
 
     def router(self, i):  # -> (E, D), (E,)
         p = f"{layer_prefix(i)}mlp.gate."
@@ -305,11 +346,11 @@ class Weights:
         return [n for n in self.expected if n.startswith(p) and ".mlp.experts." not in n and
                 not n.endswith(("weight_packed", "weight_scale", "weight_shape"))]
 
-    def prefetch_layer(self, i, backend=None):
+    def prefetch_layer(self, i, ops=None):
         """Start reading layer i's dense weights in the background (no-op without a prefetcher)."""
         if self.prefetcher is not None and 0 <= i < self.cfg.text.num_hidden_layers:
             names = self.dense_names(i)
-            self.prefetcher.later(lambda: [self.matrix(n, backend) if n.endswith(MATRICES) else self.f32(n)
+            self.prefetcher.later(lambda: [self.matrix(n, ops) if n.endswith(MATRICES) else self.f32(n)
                                            for n in names])
 
     def expert(self, i, e):  # -> (gate_proj, up_proj, down_proj): Int4Weight each (or float32 if unquantized)
@@ -317,8 +358,13 @@ class Weights:
         if self.cfg.quant is None:
             return self.mlp(prefix)
         names = ("gate_proj", "up_proj", "down_proj")
-        return self.cache.get(prefix, lambda: tuple(self.int4(f"{prefix}{n}.") for n in names),
-                              self.expert_nbytes, spare=True)
+        load = lambda: tuple(self.int4(f"{prefix}{n}.") for n in names)      # noqa: E731
+        if self.cache.budget is None:                                         # every expert kept: in the stack
+            load = lambda: self.expert_stack(i).put(e, tuple(self.int4(f"{prefix}{n}.") for n in names))  # noqa
+        return self.cache.get(prefix, load, self.expert_nbytes, spare=True)
+
+    def expert_stack(self, i):  # -> ExpertStack of layer i (INT4 experts, no budget)
+        return self.held(("experts", i), lambda: ExpertStack(self.cfg.text.n_routed_experts))
 
     @cached_property
     def expert_nbytes(self):
@@ -335,9 +381,11 @@ class Weights:
         k = self.cfg.text.num_experts_per_tok
         return [used[a:a + k] for a in range(0, len(used), k)]
 
-    def load_experts(self, i, experts):
+    def load_experts(self, i, experts, known=0):
         """Count cache hits/misses of layer i's chosen experts and read the missing ones, concurrently when
-        a prefetcher is present, before the layer uses them one by one."""
+        a prefetcher is present, before the layer uses them one by one. `known`: how many more were chosen
+        that the caller knows to be cached (counted as hits, not looked up)."""
+        self.reader.stats.expert(i, True, known)
         for e in experts:
             self.reader.stats.expert(i, f"{layer_prefix(i)}mlp.experts.{e}." in self.cache)
         load = [lambda e=e: self.expert(i, e) for e in experts]

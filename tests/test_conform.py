@@ -87,17 +87,18 @@ def test_perturbed_dump_fails_at_the_perturbed_block(reference_dump, tmp_path, k
 
 def test_injected_weight_error_is_localised_to_its_layer(model, tmp_path):
     """A runtime with one wrong weight (layer 2's o_proj off by 0.1%) departs at layers.2.attn_out: the dump
-    is made by k25ref with that weight replaced, so everything before it still agrees."""
-    wrong = load_model(model.path)
+    is made by k25ref with that weight replaced, so everything before it still agrees. Both on the reference,
+    which caches the matrix as float32 (the kernels keep it as stored): the one weight replaced there is used."""
+    right, wrong = (load_model(model.path, backend="numpy") for _ in range(2))
     name = f"{layer_prefix(2)}self_attn.o_proj.weight"
-    wrong.weights.cache.get(name, lambda: model.weights.f32(name) * np.float32(1.001))
+    wrong.weights.cache.get(name, lambda: right.weights.f32(name) * np.float32(1.001))
     inputs = cf.random_inputs(model.cfg, (5, 17), seed=3, greedy_new=0)
     dump = tmp_path / "wrong.npz"
     outputs = {}
-    cf.run(cf.K25ref(wrong), model, inputs, outputs=outputs)
+    cf.run(cf.K25ref(wrong), right, inputs, outputs=outputs)
     cf.save_dump(dump, outputs, inputs)
     npz = cf.Npz(str(dump))
-    report = cf.run(npz, model, npz.inputs())
+    report = cf.run(npz, right, npz.inputs())
     assert [row["first_departure"]["name"] for row in report["lengths"]] == ["layers.2.attn_out"] * 2
     assert all(row["intermediates"]["layers.1.hidden"] == 0.0 for row in report["lengths"])
 

@@ -123,14 +123,15 @@ def test_shard_headers_show_a_bar(terminal, tmp_path):
     assert "reading shard headers" in err.getvalue() and "/4 [" in err.getvalue()
 
 
-def test_the_compile_notice_shows_when_compiling_takes_long(monkeypatch, capsys):
+def test_the_compile_notice_shows_when_compiling_takes_long(capsys):
     import time
+    from types import SimpleNamespace
     from k25ref import cli
-    monkeypatch.setattr("k25ref.kernels.warmup", lambda: time.sleep(2.5) or {})
-    cli._prepare_kernels()
+    model = lambda name, seconds: SimpleNamespace(ops=SimpleNamespace(name=name, prepare=lambda: time.sleep(seconds)))
+    cli._prepare_kernels(model("numba", 2.5))
     assert "compiling kernels (first run only" in capsys.readouterr().err
-    monkeypatch.setattr("k25ref.kernels.warmup", lambda: {})
-    cli._prepare_kernels()
+    cli._prepare_kernels(model("numba", 0))
+    cli._prepare_kernels(model("numpy", 2.5))                      # the reference has nothing to compile
     assert capsys.readouterr().err == ""
 
 
@@ -140,7 +141,7 @@ def test_the_compile_notice_shows_when_compiling_takes_long(monkeypatch, capsys)
 
 def test_chat_prepares_the_kernels_before_the_first_reply(monkeypatch):
     calls = []
-    monkeypatch.setattr("k25ref.cli._prepare_kernels", lambda: calls.append(1))
+    monkeypatch.setattr("k25ref.cli._prepare_kernels", lambda model: calls.append(1))
     r = run("chat", "-n", "4", input="Hello\n/exit\n")
     assert r.exit_code == 0 and calls == [1]
 

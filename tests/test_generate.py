@@ -78,7 +78,7 @@ def test_numba_backend_runs_experts_the_kernel_cannot_reproduce_through_the_refe
     from k25ref.make_tiny import make_tiny
     model = k25ref.load_model(make_tiny(str(tmp_path), "tiny", seed=1, scale_dtype="F32"))
     ids = [5, 17, 3]
-    ref = model.forward(ids, model.new_cache())
+    ref = model.forward(ids, model.new_cache(), backend="numpy")
     monkeypatch.setattr(kernel, "moe_experts", lambda *a: pytest.fail("kernel called on scales it cannot reproduce"))
     out = model.forward(ids, model.new_cache(), backend="numba")
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))

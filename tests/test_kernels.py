@@ -11,6 +11,8 @@ import pytest
 
 from k25ref.checkpoint import bf16_to_f32, f32_to_bf16
 from k25ref.config import from_hf
+from k25ref.engine import numba_ops
+from k25ref.weights import ExpertStack
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
@@ -206,6 +208,29 @@ def test_gather_experts_refuses_scales_the_kernel_cannot_reproduce(rng):
         gather_experts(ws)
 
 
+@pytest.mark.parametrize("T", [1, 7])
+def test_kernel_takes_a_layers_stacked_experts_by_global_id(rng, T):
+    """A layer's ExpertStack, filled only with the experts chosen so far (the rest zero), gives the
+    reference's output on global expert ids; the Int4Weights it hands back are views of its entries."""
+    E, A, D, F = 8, 2, 64, 32
+    ws = _experts(rng, E, D, F)
+    stack = ExpertStack(E)
+    no_shared = (np.zeros((1, D), np.float32), np.zeros((1, D), np.float32), np.zeros((D, 1), np.float32))
+    for lo, hi in ((0, 4), (2, 7)):                                # the second call adds experts 4..6
+        u = rng.standard_normal((T, D), dtype=np.float32)
+        idx = np.stack([rng.choice(np.arange(lo, hi), A, replace=False) for _ in range(T)])
+        g = rng.random((T, A), dtype=np.float32)
+        for e in np.unique(idx):
+            if not stack.held[e]:
+                views = stack.put(e, ws[e])                         # gate, up, down
+                assert all(np.shares_memory(w.packed, stack.arrays[2 * j]) and np.shares_memory(w.scale, stack.arrays[2 * j + 1])
+                           for j, w in enumerate(views))
+        ref = moe(u.astype(np.float64), idx, g.astype(np.float64),
+                  lambda e: tuple(dequantize(w).astype(np.float64) for w in ws[e]), no_shared)
+        close(moe_experts(u, idx, g, stack.arrays), ref, f"stacked experts T={T} chosen from {lo}..{hi - 1}")
+    assert not stack.held[7] and not stack.arrays[0][7].any()
+
+
 # ----------------------------------------------------------------------------
 # MLA decode
 
@@ -346,7 +371,7 @@ def test_softmax_rows_fuses_the_scale(rng, body):
 
 @pytest.mark.parametrize("grid", [[(1, 2, 2)], [(1, 2, 4), (2, 2, 2), (1, 2, 2)]])
 def test_segment_attention_matches_reference(rng, grid):
-    """moonvit.attention with the softmax kernel (backend="numba") gives the float64 reference's output."""
+    """moonvit.attention with the kernels' ops (engine.numba_ops().vision) gives the float64 reference's output."""
     v = from_hf(preset("tiny")).vision
     D = v.hidden_size
     blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
@@ -358,7 +383,7 @@ def test_segment_attention_matches_reference(rng, grid):
     cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
     bounds = segments(grid)
     ref = attention(x.astype(np.float64), blk, v, cos, sin, bounds)
-    close(attention(x, blk, v, cos, sin, bounds, backend="numba"), ref, f"segment attention {grid}")
+    close(attention(x, blk, v, cos, sin, bounds, numba_ops().vision), ref, f"segment attention {grid}")
 
 
 # ----------------------------------------------------------------------------
@@ -416,7 +441,7 @@ def test_vision_rope_matches_reference(rng, body):
 
 
 def test_vision_block_matches_reference(rng):
-    """A whole block through the kernels (backend="numba") against the float64 NumPy block."""
+    """A whole block through the kernels (engine.numba_ops().vision) against the float64 NumPy block."""
     v = from_hf(preset("tiny")).vision
     D, F = v.hidden_size, v.intermediate_size
     blk = VisionBlockWeights(*(rng.standard_normal(s, dtype=np.float32) / 4 for s in (
@@ -426,7 +451,7 @@ def test_vision_block_matches_reference(rng):
     rope = [rope_2d(g, v.head_dim, v.rope_theta) for g in grid]
     cos, sin = np.concatenate([c for c, _ in rope]), np.concatenate([s for _, s in rope])
     ref = vision_block(x.astype(np.float64), blk, v, cos, sin, segments(grid))
-    close(vision_block(x, blk, v, cos, sin, segments(grid), backend="numba"), ref, "vision block")
+    close(vision_block(x, blk, v, cos, sin, segments(grid), numba_ops().vision), ref, "vision block")
 
 
 # ----------------------------------------------------------------------------

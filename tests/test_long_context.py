@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import k25ref
-from k25ref import decoder, mla
+from k25ref import engine, mla
 from k25ref.errors import PromptError
 from k25ref.kernels import mla_blocked
 from k25ref.make_tiny import make_tiny, preset
@@ -33,11 +33,6 @@ def long_dir(tmp_path_factory):
     return make_tiny(str(tmp_path_factory.mktemp("long")), config=long_hub(), seed=7, shards=1, tokenizer=False)
 
 
-def one_shot(monkeypatch, absorbed):
-    """Make every forward pass attend in one shot (the (H, T, S) spec) instead of blocked."""
-    monkeypatch.setattr(decoder, "attend_fn", lambda a, backend: mla.attend_absorbed if absorbed else mla.attend_naive)
-
-
 @pytest.mark.parametrize("absorbed", [False, True])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_chunked_blocked_logits_equal_one_shot(tiny_dir, plain_dir, absorbed, backend, monkeypatch):
@@ -46,9 +41,7 @@ def test_chunked_blocked_logits_equal_one_shot(tiny_dir, plain_dir, absorbed, ba
     for path in (tiny_dir, plain_dir):
         model = k25ref.load_model(path)
         ids = np.arange(3, 3 + 24) * 7 % model.cfg.text.vocab_size
-        with monkeypatch.context() as m:
-            one_shot(m, absorbed)
-            ref = model.forward(ids, model.new_cache(), absorbed=absorbed, prefill_chunk=None)
+        ref = model.forward(ids, model.new_cache(), absorbed=absorbed, prefill_chunk=None, backend=engine.one_shot())
         monkeypatch.setattr(mla_blocked, "DECODE_ROWS", 0)         # the numba path's blocked kernel at every size
         for block in (1, 5, 64):
             monkeypatch.setattr(mla, "KEY_BLOCK", block)

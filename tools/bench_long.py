@@ -63,21 +63,20 @@ def build(name, workdir):
 
 def worker(engine, path, length, budget):
     """Generate DECODE + 1 tokens after a random prompt of `length` tokens -> figures (one process per call)."""
-    from k25ref import decoder, mla
+    from k25ref import engine as engines
     from k25ref.kernels import mla_blocked, warmup
     from k25ref.model import load_model
     from k25ref.weights import context_bytes
     backend, oneshot = engine.split("-")[0], engine.endswith("oneshot")
     if oneshot:                               # before chunking: one pass, attention over the whole (H, T, S)
         mla_blocked.DECODE_ROWS = mla_blocked.DECODE_WORK = 1 << 62
-        if backend == "numpy":
-            decoder.attend_fn = lambda absorbed, backend: mla.attend_absorbed if absorbed else mla.attend_naive
     if backend == "numba":
         warmup()
     model = load_model(path, memory_budget=budget)
     ids = np.random.default_rng(0).integers(0, model.cfg.text.vocab_size - 256, length)
     t0 = time.perf_counter()
-    tokens = model.generate(ids, DECODE + 1, backend=backend, stop_ids=(), prefill_chunk=None if oneshot else CHUNK)
+    ops = engines.one_shot() if oneshot and backend == "numpy" else engines.ops(backend)
+    tokens = model.generate(ids, DECODE + 1, backend=ops, stop_ids=(), prefill_chunk=None if oneshot else CHUNK)
     next(tokens)
     t1 = time.perf_counter()
     for _ in range(DECODE):

@@ -73,7 +73,8 @@ SOURCES_STAMP = sources_stamp()
 
 def launch(kernel, work, *args):
     """kernel(*args) on all of numba's threads, or on one when `work` (multiply-adds) is below PARALLEL_MIN_WORK."""
-    if work >= PARALLEL_MIN_WORK or not compiled() or numba.get_num_threads() == 1:
+    if (work >= PARALLEL_MIN_WORK or not compiled() or numba.config.NUMBA_NUM_THREADS == 1   # one thread in all:
+            or numba.get_num_threads() == 1):      # no need to ask, which takes a lock (7% of a tiny model's token)
         return kernel(*args)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)

@@ -20,7 +20,9 @@ Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in floa
 weight straight inside the dot product.
 
 The chosen experts come from the same budgeted weight cache as the reference's (`Weights.expert`), and are
-handed to the kernel as lists of the cached arrays (`gather_experts`; small ones are stacked, which is faster).
+handed to the kernel as stacked arrays of all the layer's experts, filled as they are first read
+(`weights.ExpertStack`: idx holds global expert ids), or, under a memory budget, the chosen ones gathered for
+each call (`gather_experts`: lists of the cached arrays, small ones stacked, which is faster).
 Checked by tests/test_kernels.py::test_moe_experts_matches_reference (also with NUMBA_DISABLE_JIT=1).
 """
 import numpy as np
@@ -177,7 +179,8 @@ def check(w: Int4Weight, packed_shape, n_groups):
 
 def moe_experts(u, idx, g, experts):  # (T, D), (T, A), (T, A) -> (T, D) float32
     """The routed part of `moe.moe` through the kernel (add the shared expert yourself). `experts` is
-    `gather_experts(...)`; idx holds positions in that list (0..n-1), not global expert ids."""
+    `gather_experts(...)`, idx holding positions in that list (0..n-1), or `weights.ExpertStack.arrays`,
+    idx holding global expert ids."""
     T, D = u.shape
     out = np.empty(u.shape, np.float32)
     work = idx.size * 3 * D * experts[0][0].shape[0]                           # T*A*3*D*F multiply-adds

@@ -1,0 +1,166 @@
+"""Which code runs each hot operation: the NumPy reference or the Numba kernels, chosen once per model.
+
+A `Model` holds one `Ops` bundle, picked when it is built (`load_model(path, backend="auto")`), the way
+nanoGPT decides its attention path once; the decoder, MoonViT and the projector call what the bundle holds
+and never ask which it is. The reference modules (mla, moe, nn, moonvit) know nothing of numba: this is the
+one module that pairs each of their functions with its kernel.
+
+    operation            NUMPY (the reference)                numba_ops() (the kernels)
+    MLA attention        mla.attend_blocked                   kernels.mla_blocked.attend
+    routed experts       moe.moe, expert by expert            kernels.moe_experts (INT4, all chosen at once)
+    BF16 matrices, head  widened to float32 once, cached      kept as stored, kernels.bf16_matvec
+    vision passes        moonvit.REFERENCE                    kernels.vision_block, kernels.vision_attention
+
+backend names: "numba", "numpy", or "auto" (numba when its JIT is on, which it is unless NUMBA_DISABLE_JIT=1;
+the kernels then run as plain Python, correct but slow, so "auto" takes the reference). The K25REF_BACKEND
+environment variable replaces "auto". Both bundles give the same tokens; kernels match their references to
+rtol ~1e-5 (docs/kernels.md).
+"""
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Callable
+
+import numpy as np
+
+from k25ref.errors import ConfigError
+from k25ref.mla import attend_absorbed, attend_blocked, attend_naive
+from k25ref.moe import moe
+from k25ref.moonvit import REFERENCE, VisionOps
+
+BACKENDS = ("auto", "numba", "numpy")
+log = logging.getLogger("k25ref")
+
+
+@dataclass(frozen=True)
+class Ops:
+    """One choice of code for every hot operation (see the module's table)."""
+    name: str
+    attend: Callable            # attend_blocked's signature, absorbed as keyword: MLA over the latent cache
+    routed_experts: Callable    # (i, x (T, D), idx (T, A), g (T, A), W: Weights) -> (T, D)
+    bf16_matmul: Callable | None  # (raw (O, I) uint16, x (T, I)) -> (T, O); None: BF16 widened once, cached
+    vision: VisionOps           # the passes between the products of MoonViT and the projector
+
+    def prepare(self):
+        """Before the first pass: the kernels compiled, or loaded from numba's cache (once per process)."""
+        if self.name == "numba":
+            prepare_kernels()
+
+
+def resolve(backend="auto"):  # -> "numba" | "numpy"
+    """The backend name to use: the argument, K25REF_BACKEND in place of "auto", then "auto" decided."""
+    where = "backend"
+    if backend == "auto" and os.environ.get("K25REF_BACKEND"):
+        backend, where = os.environ["K25REF_BACKEND"].strip().lower(), "K25REF_BACKEND"
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        from k25ref.kernels import compiled
+        return "numba" if compiled() else "numpy"
+    return backend
+
+
+def ops(backend="auto"):  # -> Ops
+    """The bundle for a backend name (see resolve), or `backend` itself if it is already an Ops."""
+    if isinstance(backend, Ops):
+        return backend
+    return numba_ops() if resolve(backend) == "numba" else NUMPY
+
+
+# ----------------------------------------------------------------------------
+# routed experts
+
+
+def reference_experts(i, x, idx, g, W):  # (T, D), (T, A), (T, A) -> (T, D)
+    """moe.moe without the shared expert; the chosen experts through the budgeted cache, read concurrently
+    when streaming, and under a budget a few at a time (`Weights.expert_chunks`)."""
+    return by_chunks(i, x, idx, g, W, lambda x, idx, g, chosen: moe(x, idx, g, lambda e: W.expert(i, e), None))
+
+
+def by_chunks(i, x, idx, g, W, run):
+    """run(x, idx, g, chosen) on each chunk of the chosen experts (one chunk without a budget), each on the
+    (token, slot) pairs that chose it, after reading the chunk's experts."""
+    chunks = W.expert_chunks(np.unique(idx))
+    if len(chunks) == 1:
+        W.load_experts(i, chunks[0])
+        return run(x, idx, g, chunks[0])
+    out = np.zeros_like(x)
+    for chosen in chunks:
+        W.load_experts(i, chosen)
+        t, a = np.nonzero(np.isin(idx, chosen))                               # (P,) pairs that chose the chunk
+        np.add.at(out, t, run(x[t], idx[t, a][:, None], g[t, a][:, None], chosen))
+    return out
+
+
+def kernel_experts(i, x, idx, g, W):  # (T, D), (T, A), (T, A) -> (T, D)
+    """The packed-INT4 MoE kernel on all of a call's chosen experts at once. With every weight kept (no
+    budget) the kernel indexes the layer's stacked experts (`Weights.expert_stack`) by global expert id;
+    under a budget the chosen ones are gathered for each chunk. Experts the kernel cannot reproduce
+    (non-BF16 scales: `kernel_exact`) run the reference."""
+    from k25ref.kernels import moe_experts as kernel
+    if W.cfg.quant is None:
+        return reference_experts(i, x, idx, g, W)
+    if W.cache.budget is None:
+        chosen, stack = np.unique(idx), W.expert_stack(i)
+        new = chosen[~stack.held[chosen]]                                     # the others are in the stack
+        W.load_experts(i, new, known=len(chosen) - len(new))                  # read what is new, all counted
+        exact = W.held(("kernel exact", i), lambda: np.zeros(len(stack.held), bool))
+        for e in new:
+            exact[e] = all(kernel.kernel_exact(w) for w in W.expert(i, int(e)))
+        if exact[chosen].all():
+            return kernel.moe_experts(x, idx, g, stack.arrays)
+        return moe(x, idx, g, lambda e: W.expert(i, e), None)
+
+    def run(x, idx, g, chosen):
+        experts = [W.expert(i, int(e)) for e in chosen]
+        if all(kernel.kernel_exact(w) for ws in experts for w in ws):
+            return kernel.moe_experts(x, np.searchsorted(chosen, idx), g, kernel.gather_experts(experts))
+        return moe(x, idx, g, lambda e: W.expert(i, e), None)
+    return by_chunks(i, x, idx, g, W, run)
+
+
+# ----------------------------------------------------------------------------
+# the bundles
+
+
+NUMPY = Ops("numpy", attend_blocked, reference_experts, None, REFERENCE)
+
+
+def one_shot(ops=NUMPY):  # -> Ops
+    """`ops` with MLA attending in one shot, over the whole (H, T, S) score tensor (mla.attend_naive /
+    attend_absorbed: the spec), instead of in key blocks: what tests and tools/bench_long.py compare with."""
+    return replace(ops, attend=_attend_one_shot)
+
+
+def _attend_one_shot(*args, absorbed=False):
+    return (attend_absorbed if absorbed else attend_naive)(*args)
+
+
+@cache
+def numba_ops():  # -> Ops
+    """The kernels' bundle, built at first request: importing the kernel modules loads numba (~0.3 s), which
+    a NumPy-only run, or `k25ref --help`, never pays."""
+    from k25ref.kernels import bf16_matvec, mla_blocked, vision_attention as va, vision_block as vb
+    vision = VisionOps(vb.layer_norm, vb.bias_gelu_tanh, vb.gelu_erf, vb.apply_rope_interleaved, va.softmax_rows)
+    return Ops("numba", mla_blocked.attend, kernel_experts, bf16_matvec.bf16_matmul, vision)
+
+
+_prepared, _lock = [], threading.Lock()
+
+
+def prepare_kernels():
+    """Compile every kernel (or load it from numba's on-disk cache) on first use in this process, announced
+    once on the "k25ref" logger; later calls return at once. -> seconds it took (0 after the first)."""
+    with _lock:
+        if _prepared:
+            return 0.0
+        log.info("compiling k25ref kernels (cached after the first run: about 20-40 s once, then ~1 s)")
+        from k25ref.kernels import warmup
+        t0 = time.perf_counter()
+        warmup()
+        _prepared.append(time.perf_counter() - t0)
+        log.info("k25ref kernels ready in %.1f s", _prepared[0])
+        return _prepared[0]

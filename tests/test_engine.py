@@ -1,0 +1,86 @@
+"""The code a model runs is chosen once (k25ref.engine): the kernels by default when numba compiles,
+K25REF_BACKEND or load_model(backend=...) to choose, a clear error for a bad name, the same logits either
+way, and the first compilation announced once."""
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import k25ref
+from k25ref import engine
+from k25ref.errors import ConfigError
+from k25ref.kernels import compiled
+from conftest import rel_err
+
+IDS = [5, 17, 3, 9, 11, 2, 40]
+
+
+def test_default_is_the_kernels_when_numba_compiles(tiny_dir, monkeypatch):
+    monkeypatch.delenv("K25REF_BACKEND", raising=False)
+    assert k25ref.load_model(tiny_dir).ops.name == ("numba" if compiled() else "numpy")
+    assert k25ref.load_model(tiny_dir, backend="numpy").ops is engine.NUMPY
+    assert k25ref.load_model(tiny_dir, backend="numba").ops is engine.numba_ops()
+
+
+def test_environment_variable_replaces_auto_only(tiny_dir, monkeypatch):
+    monkeypatch.setenv("K25REF_BACKEND", "numpy")
+    assert k25ref.load_model(tiny_dir).ops is engine.NUMPY
+    assert k25ref.load_model(tiny_dir, backend="numba").ops.name == "numba"      # an explicit argument wins
+    monkeypatch.setenv("K25REF_BACKEND", " NUMBA ")
+    assert k25ref.load_model(tiny_dir).ops.name == "numba"
+
+
+@pytest.mark.parametrize("arg, env, where", [("cuda", None, "backend"), ("auto", "torch", "K25REF_BACKEND"),
+                                             ("", None, "backend"), (None, None, "backend")])
+def test_a_bad_backend_is_a_one_line_config_error(tiny_dir, monkeypatch, arg, env, where):
+    monkeypatch.delenv("K25REF_BACKEND", raising=False)
+    if env:
+        monkeypatch.setenv("K25REF_BACKEND", env)
+    with pytest.raises(ConfigError, match=f"^{where} must be one of auto, numba, numpy, got ") as e:
+        k25ref.load_model(tiny_dir, backend=arg)
+    assert "\n" not in str(e.value)
+    model = k25ref.load_model(tiny_dir, backend="numpy")
+    with pytest.raises(ConfigError, match="must be one of"):
+        model.logits(IDS, backend="fast" if arg is None else arg or "x")
+
+
+def test_cli_reports_a_bad_environment_value_in_one_line(tiny_dir):
+    env = {**os.environ, "K25REF_BACKEND": "gpu"}
+    r = subprocess.run([sys.executable, "-m", "k25ref.cli", "generate", "-m", tiny_dir, "-n", "1", "--raw", "x"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "K25REF_BACKEND must be one of auto, numba, numpy, got 'gpu'" in r.stderr
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("path", ["tiny_dir", "plain_dir"])
+def test_logits_with_the_kernels_equal_the_reference(path, request):
+    """Model.logits (full sequence, every intermediate) with the kernels' bundle against the reference's,
+    within the kernels' tolerance (rtol 1e-5 of the largest logit)."""
+    folder = request.getfixturevalue(path)
+    ref_cap, cap = {}, {}
+    ref = k25ref.load_model(folder, backend="numpy").logits(IDS, capture=ref_cap)
+    out = k25ref.load_model(folder, backend="numba").logits(IDS, capture=cap)
+    assert rel_err(out, ref) <= 1e-5
+    for name in ref_cap:
+        if name.endswith("router_indices"):
+            assert np.array_equal(cap[name], ref_cap[name]), name
+        else:
+            assert rel_err(cap[name], ref_cap[name]) <= 1e-5, name
+
+
+@pytest.mark.kernels
+def test_first_compilation_is_announced_once(tiny_dir, monkeypatch, caplog):
+    monkeypatch.setattr(engine, "_prepared", [])                  # as in a fresh process
+    caplog.set_level(logging.INFO, logger="k25ref")
+    for _ in range(2):
+        model = k25ref.load_model(tiny_dir, backend="numba")
+        list(model.generate(IDS, 2, stop_ids=()))
+    said = [r.getMessage() for r in caplog.records if r.name == "k25ref" and "compiling" in r.getMessage()]
+    assert said == ["compiling k25ref kernels (cached after the first run: about 20-40 s once, then ~1 s)"]
+    caplog.clear()
+    list(k25ref.load_model(tiny_dir, backend="numpy").generate(IDS, 2, stop_ids=()))
+    assert not [r for r in caplog.records if "compiling" in r.getMessage()]
