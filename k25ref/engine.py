@@ -8,7 +8,8 @@ one module that pairs each of their functions with its kernel.
     operation            NUMPY (the reference)                numba_ops() (the kernels)
     MLA attention        mla.attend_blocked                   kernels.mla_blocked.attend
     routed experts       moe.moe, expert by expert            kernels.moe_experts (INT4, all chosen at once)
-    BF16 matrices, head  widened to float32 once, cached      kept as stored, kernels.bf16_matvec
+    BF16 matrices, head  widened to float32 once, cached      kept as stored, kernels.bf16_matvec (a prompt
+                                                              chunk: widened by blocks, BLAS)
     vision passes        moonvit.REFERENCE                    kernels.vision_block, kernels.vision_attention
 
 backend names: "numba", "numpy", or "auto" (numba when its JIT is on, which it is unless NUMBA_DISABLE_JIT=1;
@@ -30,6 +31,7 @@ from k25ref.errors import ConfigError
 from k25ref.mla import attend_absorbed, attend_blocked, attend_naive
 from k25ref.moe import moe
 from k25ref.moonvit import REFERENCE, VisionOps
+from k25ref.nn import widened_matmul
 
 BACKENDS = ("auto", "numba", "numpy")
 log = logging.getLogger("k25ref")
@@ -145,7 +147,25 @@ def numba_ops():  # -> Ops
     a NumPy-only run, or `k25ref --help`, never pays."""
     from k25ref.kernels import bf16_matvec, mla_blocked, vision_attention as va, vision_block as vb
     vision = VisionOps(vb.layer_norm, vb.bias_gelu_tanh, vb.gelu_erf, vb.apply_rope_interleaved, va.softmax_rows)
-    return Ops("numba", mla_blocked.attend, kernel_experts, bf16_matvec.bf16_matmul, vision)
+    return Ops("numba", mla_blocked.attend, kernel_experts, bf16_by_rows, vision)
+
+
+BLAS_ROWS = 256          # inputs from which a bf16 product widens its matrix and calls BLAS
+WIDEN_BYTES = 16 << 20   # float32 bytes of one widened block of rows
+
+
+def bf16_by_rows(raw, x):  # (O, I) uint16, (T, I) -> (T, O) float32
+    """x W^T for a stored bf16 matrix: the bf16 kernel for a few inputs (decoding); for a prompt chunk of
+    BLAS_ROWS inputs or more, the matrix widened exactly a block of rows at a time and multiplied by BLAS,
+    which then beats the kernel's 4x4 tiles (512 inputs, one thread: 1.5-2.5x; at 128 the two were level)."""
+    from k25ref.kernels.bf16_matvec import bf16_matmul
+    if x.shape[0] < BLAS_ROWS:
+        return bf16_matmul(raw, x)
+    out = np.empty((x.shape[0], raw.shape[0]), np.float32)
+    step = max(1, WIDEN_BYTES // (4 * raw.shape[1]))
+    for a in range(0, raw.shape[0], step):
+        out[:, a:a + step] = widened_matmul(raw[a:a + step], x)              # (T, rows)
+    return out
 
 
 _prepared, _lock = [], threading.Lock()

@@ -84,3 +84,17 @@ def test_first_compilation_is_announced_once(tiny_dir, monkeypatch, caplog):
     caplog.clear()
     list(k25ref.load_model(tiny_dir, backend="numpy").generate(IDS, 2, stop_ids=()))
     assert not [r for r in caplog.records if "compiling" in r.getMessage()]
+
+
+@pytest.mark.parametrize("T", [1, 5, 6])
+def test_bf16_products_by_rows_match_the_widened_reference(T, monkeypatch):
+    """The kernels' bf16 product: the kernel below BLAS_ROWS inputs, widened blocks of rows and BLAS from it
+    (blocks of 3 rows here, the last one short) -- either way x W^T of the exactly widened matrix."""
+    from k25ref.checkpoint import f32_to_bf16
+    from k25ref.nn import widened_matmul
+    monkeypatch.setattr(engine, "BLAS_ROWS", 6)
+    monkeypatch.setattr(engine, "WIDEN_BYTES", 3 * 4 * 16)
+    rng = np.random.default_rng(0)
+    raw = f32_to_bf16(rng.standard_normal((11, 16), dtype=np.float32))
+    x = rng.standard_normal((T, 16), dtype=np.float32)
+    assert rel_err(engine.bf16_by_rows(raw, x), widened_matmul(raw, x)) < 1e-6
