@@ -108,6 +108,13 @@ def test_the_q4_0_engine_runs_in_the_benchmark_and_its_differences_are_counted(t
     assert theirs[0] == ours[0]                       # the first token after the prompt: Q4_0 keeps the argmax here
 
 
+def test_a_workers_peak_rss_is_its_own_not_its_parents():
+    big = np.ones(2**27, np.uint8) + 1                   # 128 MiB held by this (parent) process
+    code = "import sys; sys.path.insert(0, 'tools'); import bench; print(bench.peak_rss())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout)
+    assert child < bench.peak_rss() - big.nbytes // 2
+
+
 def test_the_profile_of_a_decode_step_adds_up(tiny):
     from k25ref.config import load_config
     from k25ref.kernels import compiled

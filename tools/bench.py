@@ -180,7 +180,13 @@ def prompt_ids(path):
 
 
 def peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's own peak resident set, bytes: VmHWM, which starts afresh at exec. (getrusage's ru_maxrss
+    keeps the parent's peak across fork and exec, so a worker would report the bench's own peak as its.)"""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +361,7 @@ def worker(name, path, threads):
 def worker_env(engine, threads, vision=False):
     """numba, OpenMP and BLAS threads for a worker. BLAS threads would compete with numba's in decoding (and
     stall); the vision path's kernels run on the calling thread between BLAS products (kernels/vision_block.py),
-    so there BLAS gets the threads."""
+    so there BLAS gets the threads. k25ref-api gets what any user's process gets: BLAS on every thread."""
     blas = 1 if engine in ("k25ref-numba", "profile") and not vision else threads
     return dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                 OPENBLAS_NUM_THREADS=str(blas), MKL_NUM_THREADS=str(blas))
@@ -619,8 +625,8 @@ def table_rows(results):
                 rows.append([name, engine, "error: " + e["error"][:60], "", "", ""])
                 continue
             same = sum(a == b for a, b in zip(e["tokens"], first))
-            rows.append([name, engine, figure(e["prefill_tps"]), figure(e["decode_tps"]),
-                         f"{e['peak_rss'] / 2**20:.0f}", f"{same}/{len(first)}"])
+            rss = f"{e['peak_rss'] / 2**20:.0f}" if e.get("peak_rss") else "–"          # not measured
+            rows.append([name, engine, figure(e["prefill_tps"]), figure(e["decode_tps"]), rss, f"{same}/{len(first)}"])
     return rows
 
 
@@ -674,7 +680,8 @@ def markdown_section(report):
              "prompt (k25ref reads weights on first use, the others at load; timing starts with all holding them). "
              f"Decode: {DECODE} greedy tokens after that prompt, one token per step with the cache. Same checkpoint "
              "and tokens for every engine; each engine in its own process (peak RSS is its own), "
-             f"{report.get('repeat', 1)} round-robin runs. `same` counts greedy tokens equal to the first engine's.",
+             f"{report.get('repeat', 1)} round-robin runs. `same` counts greedy tokens equal to the first engine's; "
+             "`–`: not measured.",
              "", "| config | engine | prefill tok/s | decode tok/s | peak RSS MiB | same |", "|---|---|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report["results"])]
     peers, rows = ratio_rows(report["results"])
