@@ -675,7 +675,8 @@ def markdown_section(report):
              f"Machine: {report['machine']}; {t} thread{'s' if t > 1 else ''}; "
              + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
              + (f"; load average (1 min) {report['load'][0]:.2f} at the start, {report['load'][1]:.2f} at the end"
-                if report.get("load") else "") + ".", "",
+                + (" (above this run's own threads: the machine was shared with other work)"
+                   if max(report["load"]) > t + 1 else "") if report.get("load") else "") + ".", "",
              f"Prefill: {PREFILL} tokens from an empty KV cache to the first token, after a warm-up run of the same "
              "prompt (k25ref reads weights on first use, the others at load; timing starts with all holding them). "
              f"Decode: {DECODE} greedy tokens after that prompt, one token per step with the cache. Same checkpoint "
