@@ -349,6 +349,21 @@ class Transformers:
         return self.oracle.oracle_greedy(self.model, prompt, n)[0]
 
 
+def open_llama(gguf_path, n_ctx, threads=None, kv_cache="f16", logits_all=True):
+    """A llama_cpp.Llama on a GGUF: n_ctx positions, a whole n_ctx-token prompt in one batch, `threads` for
+    decoding and batches alike, KV cache of type `kv_cache` (f16, llama.cpp's default, or f32); logits of every
+    position (logits_all) or of each batch's last token only."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ConformError("the llama.cpp runtime needs llama-cpp-python: pip install -e \".[peer]\" "
+                           "(it builds llama.cpp from source, ~25 min on 2 cores)") from None
+    cache = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_cache]
+    return llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                           logits_all=logits_all, n_threads=threads, n_threads_batch=threads, type_k=cache,
+                           type_v=cache, verbose=False)
+
+
 class LlamaCpp:
     """llama.cpp through llama-cpp-python on a deepseek2 GGUF: logits of every position (logits_all), greedy
     decoding with its own KV cache (`kv_cache`: its type, llama.cpp's default f16), and intermediates read
@@ -356,18 +371,9 @@ class LlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, gguf_path, cfg, inputs, threads=None, kv_cache="f16"):
-        try:
-            import llama_cpp
-        except ImportError:
-            raise ConformError("the llama.cpp runtime needs llama-cpp-python: pip install -e \".[peer]\" "
-                               "(it builds llama.cpp from source, ~25 min on 2 cores)") from None
-        self.llama_cpp, self.kv_cache = llama_cpp, kv_cache
-        cache = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_cache]
         longest = max([*inputs["lengths"], len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
-        n_ctx = max(64, longest + 8)                                    # room for every input of `inputs`
-        self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=True, n_threads=threads, n_threads_batch=threads, type_k=cache,
-                                   type_v=cache, verbose=False)
+        self.llm = open_llama(gguf_path, max(64, longest + 8), threads, kv_cache)   # room for every input
+        self.llama_cpp, self.kv_cache = __import__("llama_cpp"), kv_cache
         self.taps = LlamaCppTaps(self.llm, cfg)
 
     def versions(self):
