@@ -29,7 +29,6 @@ meaningful within one run.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from k25ref.options import ArgumentParser, lengths_arg, names_arg, positive_int, size_arg  # noqa: E402
+from bench import peak_rss  # noqa: E402   (the worker's own peak: VmHWM)
 
 DECODE, CHUNK = 8, 512
 ENGINES = ["numpy", "numba", "numpy-oneshot", "numba-oneshot"]
@@ -84,7 +84,7 @@ def worker(engine, path, length, budget):
     t2 = time.perf_counter()
     cache, activations = context_bytes(model.cfg, length + DECODE + 1, None if oneshot else CHUNK)
     return {"engine": engine, "length": length, "prefill_s": t1 - t0, "prefill_tps": length / (t1 - t0),
-            "decode_tps": DECODE / (t2 - t1), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "decode_tps": DECODE / (t2 - t1), "peak_rss": peak_rss(),
             "estimate": cache + activations + model.working_set}
 
 
