@@ -19,6 +19,8 @@ Policy, in one place:
 - threads follow NUMBA_NUM_THREADS (numba's own variable; default: all cores). Calls with little work run
   on one thread (`launch`): waking the others costs more than it saves, and on a busy machine a parallel
   region waits for its slowest, possibly descheduled, thread (milliseconds).
+- 512-bit vectors on AVX-512 hosts (`prefer_512_bit_vectors`), unless NUMBA_CPU_NAME or NUMBA_CPU_FEATURES
+  is set: LLVM's tuning would keep numba's loops at 256 bits.
 - NUMBA_DISABLE_JIT=1 runs every loop body as Python: slow, but with real tracebacks.
 """
 import os

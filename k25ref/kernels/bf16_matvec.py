@@ -45,7 +45,7 @@ def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T
                 k = o + min(r, rows - 1)                            # (a short tail repeats its last row)
                 for i in range(I):
                     w[r, i] = bf16_widen_numba(raw[k, i])
-            tile_rows_numba(w, x, I, o, rows, acc, out)               # ... and meet four inputs per pass
+            tile_rows_numba(w, x, I, o, rows, acc, out)            # ... and meet four inputs per pass
 
 
 bf16_matmul_numba = jit(_bf16_matmul_loops, parallel=True)

@@ -124,7 +124,7 @@ def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,
 dequantize_dot_numba = jit(_dequantize_dot_loops)
 
 
-def _tile44_loops(w, x, n, t0, t1, t2, t3, acc):  # (4, >=n), (T, >=n) -> acc: (4, 4), acc[r, m] = w[r, :n] . x[t_m, :n]
+def _tile44_loops(w, x, n, t0, t1, t2, t3, acc):  # (4, >=n), (T, >=n) -> acc[r, m] = w[r, :n] . x[t_m, :n]
     """Four weight rows against four input rows: sixteen running sums, so every weight loaded feeds four
     multiply-adds and every input loaded feeds four (prompt processing; `tools/bench.py` prefill).
     The eight rows are read at the same offsets, so rows a multiple of 4 kB apart (1024 floats: the hidden
