@@ -501,3 +501,26 @@ def test_a_cached_kernel_is_stamped_with_every_kernel_file(tmp_path):
         for kernel in (int4_matmul_numba, moe_experts_numba):
             assert kernel._cache._cache_file._source_stamp == kernels.SOURCES_STAMP
     assert kernels.stamp_cache(object()) is False                  # no cache file to stamp: jit compiles uncached
+
+
+class _Features(dict):
+    def flatten(self):
+        return ",".join(("+" if on else "-") + name for name, on in self.items())
+
+
+@pytest.mark.parametrize("host, user, want", [
+    ({"avx512f": True, "fma": True}, {}, "+avx512f,+fma,-prefer-256-bit"),
+    ({"avx512f": False, "fma": True}, {}, None),                    # no AVX-512: LLVM's choice stands
+    ({"avx512f": True}, {"CPU_FEATURES": "+avx2"}, "+avx2"),         # the user's settings win
+    ({"avx512f": True}, {"CPU_NAME": "generic"}, None)])
+def test_512_bit_vectors_only_on_avx512_hosts_the_user_left_alone(monkeypatch, host, user, want):
+    """The preference for 256-bit vectors is dropped from numba's CPU features on AVX-512 hosts, unless
+    NUMBA_CPU_NAME or NUMBA_CPU_FEATURES says otherwise (run on a stand-in config: the real one is set)."""
+    import types
+    import llvmlite.binding
+    import k25ref.kernels as kernels
+    config = types.SimpleNamespace(**{"CPU_NAME": None, "CPU_FEATURES": None, **user})
+    monkeypatch.setattr(kernels, "numba", types.SimpleNamespace(config=config))
+    monkeypatch.setattr(llvmlite.binding, "get_host_cpu_features", lambda: _Features(host))
+    kernels.prefer_512_bit_vectors()
+    assert config.CPU_FEATURES == want

@@ -19,6 +19,8 @@ Policy, in one place:
 - threads follow NUMBA_NUM_THREADS (numba's own variable; default: all cores). Calls with little work run
   on one thread (`launch`): waking the others costs more than it saves, and on a busy machine a parallel
   region waits for its slowest, possibly descheduled, thread (milliseconds).
+- 512-bit vectors on AVX-512 hosts (`prefer_512_bit_vectors`), unless NUMBA_CPU_NAME or NUMBA_CPU_FEATURES
+  is set: LLVM's tuning would keep numba's loops at 256 bits.
 - NUMBA_DISABLE_JIT=1 runs every loop body as Python: slow, but with real tracebacks.
 """
 import os
@@ -35,6 +37,24 @@ try:
     prange, HAVE_NUMBA = numba.prange, True
 except ImportError:                     # the NumPy references still run everywhere
     numba, prange, HAVE_NUMBA = None, range, False
+
+
+def prefer_512_bit_vectors():
+    """LLVM tunes Intel's AVX-512 cores for 256-bit vectors (the first ones slowed their clock under 512-bit
+    work), so numba's loops would use half the vector width the core has. Dropping that preference made
+    k25ref decode 1.2x faster next to transformers and the INT4 matvec about 3x (docs/kernels.md). numba
+    reads the setting when it first compiles, so this applies to what it compiles after `k25ref.kernels`
+    is imported, and only if the user has set neither NUMBA_CPU_NAME nor NUMBA_CPU_FEATURES."""
+    from llvmlite import binding
+    if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
+        return
+    features = binding.get_host_cpu_features()
+    if features.get("avx512f"):
+        numba.config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
+
+
+if HAVE_NUMBA:
+    prefer_512_bit_vectors()
 
 
 def jit(fn, *, parallel=False, exact=False):

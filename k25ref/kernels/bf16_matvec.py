@@ -15,7 +15,7 @@ Checked by tests/test_kernels.py::test_bf16_matmul_matches_reference (also with 
 import numpy as np
 
 from k25ref.kernels import jit, launch, prange
-from k25ref.kernels.int4_matvec import tile_rows_numba
+from k25ref.kernels.int4_matvec import PAD, tile_rows_numba
 
 ROWS_PER_TASK = 64
 
@@ -31,7 +31,7 @@ def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T
     O, I = raw.shape
     T = x.shape[0]
     for task in prange((O + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        w, acc = np.empty((4, I), np.float32), np.empty((4, 4), np.float32)
+        w, acc = np.empty((4, I + PAD), np.float32), np.empty((4, 4), np.float32)
         for o in range(task * ROWS_PER_TASK, min(O, (task + 1) * ROWS_PER_TASK), 4):
             rows = min(4, O - o)
             if T == 1:                                              # decoding: widen inside the dot
@@ -45,7 +45,7 @@ def _bf16_matmul_loops(raw, x, out):  # (O, I) uint16, (T, I) float32 -> out: (T
                 k = o + min(r, rows - 1)                            # (a short tail repeats its last row)
                 for i in range(I):
                     w[r, i] = bf16_widen_numba(raw[k, i])
-            tile_rows_numba(w, x, o, rows, acc, out)               # ... and meet four inputs per pass
+            tile_rows_numba(w, x, I, o, rows, acc, out)            # ... and meet four inputs per pass
 
 
 bf16_matmul_numba = jit(_bf16_matmul_loops, parallel=True)

@@ -28,6 +28,7 @@ from k25ref.int4 import Int4Weight, linear
 from k25ref.kernels import fma, jit, launch, prange
 
 ROWS_PER_TASK = 16            # output rows per parallel task (one row buffer per task)
+PAD = 16                      # floats (64 bytes) after each row of a row buffer or input copy: see `_tile44_loops`
 
 
 def _bf16_product_loops(q, s, s65537):  # float32 code q, scale s, 65537 s -> bf16(q * s) as float32
@@ -123,12 +124,15 @@ def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,
 dequantize_dot_numba = jit(_dequantize_dot_loops)
 
 
-def _tile44_loops(w, x, t0, t1, t2, t3, acc):  # (4, I), (T, I) -> acc: (4, 4), acc[r, m] = w[r] . x[t_m]
+def _tile44_loops(w, x, n, t0, t1, t2, t3, acc):  # (4, >=n), (T, >=n) -> acc[r, m] = w[r, :n] . x[t_m, :n]
     """Four weight rows against four input rows: sixteen running sums, so every weight loaded feeds four
-    multiply-adds and every input loaded feeds four (prompt processing; `tools/bench.py` prefill)."""
+    multiply-adds and every input loaded feeds four (prompt processing; `tools/bench.py` prefill).
+    The eight rows are read at the same offsets, so rows a multiple of 4 kB apart (1024 floats: the hidden
+    size of the benchmark's small shape) fall in the same set of the L1 cache and evict each other: the
+    kernels allocate their buffers with PAD floats after each row, and pass the length n."""
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
-    for i in range(w.shape[1]):
+    for i in range(n):
         w0, w1, w2, w3 = w[0, i], w[1, i], w[2, i], w[3, i]
         x0, x1, x2, x3 = x[t0, i], x[t1, i], x[t2, i], x[t3, i]
         a00 += w0 * x0
@@ -156,13 +160,13 @@ def _tile44_loops(w, x, t0, t1, t2, t3, acc):  # (4, I), (T, I) -> acc: (4, 4), 
 tile44_numba = jit(_tile44_loops)
 
 
-def _tile_rows_loops(w, x, o, rows, acc, out):  # (4, I) rows o..o+rows-1, (T, I) -> out[:, o:o+rows]
+def _tile_rows_loops(w, x, n, o, rows, acc, out):  # (4, >=n) rows o..o+rows-1, (T, >=n) -> out[:, o:o+rows]
     """Four widened weight rows against every input, four inputs per pass (`tile44`); a short tail of inputs
     repeats its last one, and only the real rows and inputs are written."""
     T = x.shape[0]
     for t in range(0, T, 4):
         last = min(t + 3, T - 1)
-        tile44_numba(w, x, t, min(t + 1, last), min(t + 2, last), last, acc)
+        tile44_numba(w, x, n, t, min(t + 1, last), min(t + 2, last), last, acc)
         for r in range(rows):
             for m in range(last - t + 1):
                 out[t + m, o + r] = acc[r, m]
@@ -188,7 +192,7 @@ def _int4_matmul_loops(packed, scale, xs, out):  # (O, W) int32, (O, I/G) f32, (
     O, W = packed.shape
     T, I = xs.shape
     for task in prange((O + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        w, s_w, acc = np.empty((4, I), np.float32), np.empty(W, np.float32), np.empty((4, 4), np.float32)
+        w, s_w, acc = np.empty((4, I + PAD), np.float32), np.empty(W, np.float32), np.empty((4, 4), np.float32)
         for o in range(task * ROWS_PER_TASK, min(O, (task + 1) * ROWS_PER_TASK), 4):
             rows = min(4, O - o)
             if T == 1:                                              # decoding: dequantize inside the dot
@@ -198,7 +202,7 @@ def _int4_matmul_loops(packed, scale, xs, out):  # (O, W) int32, (O, I/G) f32, (
             for r in range(4):                                      # once per row, reused by all T inputs
                 k = o + min(r, rows - 1)                            # a short tail repeats its last row
                 dequantize_row_numba(packed[k], scale[k], s_w, w[r])
-            tile_rows_numba(w, xs, o, rows, acc, out)
+            tile_rows_numba(w, xs, I, o, rows, acc, out)
 
 
 int4_matmul_numba = jit(_int4_matmul_loops, parallel=True)

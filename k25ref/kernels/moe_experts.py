@@ -31,7 +31,7 @@ from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight
 from k25ref.kernels import array_list, jit, launch, prange
 from k25ref.kernels.expf import EXP_MAX, exp_numba
-from k25ref.kernels.int4_matvec import (ROWS_PER_TASK, SCALE_MAX, dequantize_dot_numba, dequantize_row_numba,
+from k25ref.kernels.int4_matvec import (PAD, ROWS_PER_TASK, SCALE_MAX, dequantize_dot_numba, dequantize_row_numba,
                                         kernel_exact, split_nibbles_numba, tile44_numba)
 
 
@@ -85,61 +85,64 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
     group_by_expert_numba(idx, E, start, order)
     chosen = np.array([e for e in range(E) if start[e + 1] > start[e]], dtype=np.int64)   # (C,)
     C = chosen.shape[0]
-    us = np.empty((T, D), np.float32)
+    us = np.empty((T, D + PAD), np.float32)
     split_nibbles_numba(u, us)                                     # inputs in the kernel's split order
-    hidden = np.empty((T * A, F), np.float32)                      # per (token, slot) pair, split order
+    hidden = np.empty((T * A, F + PAD), np.float32)                # per (token, slot) pair, split order
     Wf, R = F // 8, ROWS_PER_TASK
     nf, nd = (F + R - 1) // R, (D + DOWN_ROWS - 1) // DOWN_ROWS    # row blocks of the up and down steps
     for task in prange(C * nf):                                    # 2. gate/up: (expert, block of rows f)
         e, f0 = chosen[task // nf], (task % nf) * R
         n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
         tokens = pairs // A                                        # (n,) who chose e
-        wg, wu, s_w = np.empty((4, D), np.float32), np.empty((4, D), np.float32), np.empty(D // 8, np.float32)
+        gp, gs, upp, ups = gate_p[e], gate_s[e], up_p[e], up_s[e]  # once per task: a typed list's item costs a call
+        wg, wu = np.empty((4, D + PAD), np.float32), np.empty((4, D + PAD), np.float32)   # rows padded: see PAD
+        s_w = np.empty(D // 8, np.float32)
         gate, up = np.empty((4, 4), np.float32), np.empty((4, 4), np.float32)
         for f in range(f0, min(F, f0 + R), 4):                    # four rows f at a time
             rows = min(4, F - f)
             if n == 1:                                             # one token (decoding): fused dequant + dot
                 for r in range(rows):
-                    a_gate = dequantize_dot_numba(gate_p[e][f + r], gate_s[e][f + r], s_w, us[tokens[0]])
-                    a_up = dequantize_dot_numba(up_p[e][f + r], up_s[e][f + r], s_w, us[tokens[0]])
+                    a_gate = dequantize_dot_numba(gp[f + r], gs[f + r], s_w, us[tokens[0], :D])
+                    a_up = dequantize_dot_numba(upp[f + r], ups[f + r], s_w, us[tokens[0], :D])
                     hidden[pairs[0], split_col(f + r, Wf)] = silu_numba(a_gate) * a_up
                 continue
             for r in range(4):                                     # a short tail repeats its last row
                 k = f + min(r, rows - 1)
-                dequantize_row_numba(gate_p[e][k], gate_s[e][k], s_w, wg[r])
-                dequantize_row_numba(up_p[e][k], up_s[e][k], s_w, wu[r])
+                dequantize_row_numba(gp[k], gs[k], s_w, wg[r])
+                dequantize_row_numba(upp[k], ups[k], s_w, wu[r])
             for b in range(0, n, 4):                               # four tokens per pass over the rows
                 last = min(b + 3, n - 1)                           # a short tail repeats its last token
                 q = (tokens[b], tokens[min(b + 1, last)], tokens[min(b + 2, last)], tokens[last])
-                tile44_numba(wg, us, q[0], q[1], q[2], q[3], gate)
-                tile44_numba(wu, us, q[0], q[1], q[2], q[3], up)
+                tile44_numba(wg, us, D, q[0], q[1], q[2], q[3], gate)
+                tile44_numba(wu, us, D, q[0], q[1], q[2], q[3], up)
                 for r in range(rows):
                     for m in range(last - b + 1):
                         a = gate[r, m]
                         hidden[pairs[b + m], split_col(f + r, Wf)] = silu_numba(a) * up[r, m]
     for task in prange(nd):                                        # 3. down: a block of output rows d
         d0, d1 = task * DOWN_ROWS, min(D, task * DOWN_ROWS + DOWN_ROWS)
-        w, s_w, y = np.empty((4, F), np.float32), np.empty(Wf, np.float32), np.empty((4, 4), np.float32)
+        w, s_w, y = np.empty((4, F + PAD), np.float32), np.empty(Wf, np.float32), np.empty((4, 4), np.float32)
         for t in range(T):
             for d in range(d0, d1):
                 out[t, d] = 0.0
         for c in range(C):                                         # expert by expert: its hidden rows stay in cache
             e = chosen[c]
             n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
+            dp, ds = down_p[e], down_s[e]
             if n == 1:                                             # one token: fused dequant + dot
                 t, gt = pairs[0] // A, g[pairs[0] // A, pairs[0] % A]
                 for d in range(d0, d1):
-                    out[t, d] += gt * dequantize_dot_numba(down_p[e][d], down_s[e][d], s_w, hidden[pairs[0]])
+                    out[t, d] += gt * dequantize_dot_numba(dp[d], ds[d], s_w, hidden[pairs[0], :F])
                 continue
             for d in range(d0, d1, 4):                             # four rows d at a time
                 rows = min(4, d1 - d)
                 for r in range(4):
                     k = d + min(r, rows - 1)
-                    dequantize_row_numba(down_p[e][k], down_s[e][k], s_w, w[r])
+                    dequantize_row_numba(dp[k], ds[k], s_w, w[r])
                 for b in range(0, n, 4):
                     last = min(b + 3, n - 1)
                     q = (pairs[b], pairs[min(b + 1, last)], pairs[min(b + 2, last)], pairs[last])
-                    tile44_numba(w, hidden, q[0], q[1], q[2], q[3], y)
+                    tile44_numba(w, hidden, F, q[0], q[1], q[2], q[3], y)
                     for r in range(rows):
                         for m in range(last - b + 1):
                             out[q[m] // A, d + r] += g[q[m] // A, q[m] % A] * y[r, m]
