@@ -6,6 +6,8 @@
     python tools/bench.py --long --checkpoints k25-heads --lengths 16384 --engines numba,numba-oneshot --threads 1
     python tools/bench.py --long --json > long.json      # then, for docs/long-context.md:
     python tools/bench.py --long --from-json long.json full.json --plot docs/figures/long_context_bench.png
+    python tools/bench.py --long --engines numba --threads 1 --json > numba.json    # the numba path alone:
+    python tools/bench.py --long --from-json numba.json --plot docs/figures/long_context_numba.png
 
 What one run does:
 1. Builds the checkpoints once into --workdir: `k25-context` (the make-tiny preset: K2.5's RoPE/YaRN, 262144
