@@ -17,6 +17,7 @@ the kernels then run as plain Python, correct but slow, so "auto" takes the refe
 environment variable replaces "auto". Both bundles give the same tokens; kernels match their references to
 rtol ~1e-5 (docs/kernels.md).
 """
+import contextlib
 import logging
 import os
 import threading
@@ -50,6 +51,24 @@ class Ops:
         """Before the first pass: the kernels compiled, or loaded from numba's cache (once per process)."""
         if self.name == "numba":
             prepare_kernels()
+
+    def decoder_threads(self):
+        """The context of a pass through the decoder. With the kernels, BLAS runs on one thread: numba's
+        threads take the cores, and OpenBLAS's threads, spinning after each product, stall them (a 128-token
+        prompt on tools/bench.py's `small`, two threads: 150 tokens/s with BLAS on both, 291 on one; tiny:
+        600-1260 against 3980-5560). The reference leaves BLAS as the process has it."""
+        return blas_threads(1) if self.name == "numba" else contextlib.nullcontext()
+
+
+@cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController      # finds the BLAS numpy loaded (OpenBLAS or MKL)
+    return ThreadpoolController()
+
+
+def blas_threads(n):
+    """A context in which BLAS runs on `n` threads (about 15 us to enter and leave)."""
+    return _blas_controller().limit(limits=n, user_api="blas")
 
 
 def resolve(backend="auto"):  # -> "numba" | "numpy"

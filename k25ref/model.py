@@ -125,8 +125,9 @@ class Model:
             else:
                 h = self.weights.embedding_rows(ids[a:b])
             part = None if capture is None else {"embed": h}
-            logits = decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, ops, part, absorbed,
-                                     last_only, logits=not last_only or b == T)
+            with ops.decoder_threads():
+                logits = decoder.forward(h, self.weights, self.cfg.text, self.rope, cache, ops, part, absorbed,
+                                         last_only, logits=not last_only or b == T)
             out += [] if logits is None else [logits]
             parts += [] if part is None else [part]
             if bar is not None:

@@ -122,7 +122,8 @@ def test_the_profile_of_a_decode_step_adds_up(tiny):
     p = bench.profile_step(tiny, steps=2)
     assert p["between_ms"] > 0 and sum(r[3] for r in p["kernels"]) + p["between_ms"] == pytest.approx(p["step_ms"])
     assert sum(share for _, share in p["between"]) == pytest.approx(1.0)
-    assert all(share > 0 for _, share in p["between"]) and p["between"][0][1] >= p["between"][-1][1]
+    named = [share for name, share in p["between"] if name != "everything else"]   # the rest sums the tail
+    assert all(share > 0 for _, share in p["between"]) and named == sorted(named, reverse=True)
     if compiled():                                  # every MoE layer launches the experts kernel once per step
         t = load_config(tiny).text
         moe = [r for r in p["kernels"] if "moe_experts" in r[0]]

@@ -98,3 +98,20 @@ def test_bf16_products_by_rows_match_the_widened_reference(T, monkeypatch):
     raw = f32_to_bf16(rng.standard_normal((11, 16), dtype=np.float32))
     x = rng.standard_normal((T, 16), dtype=np.float32)
     assert rel_err(engine.bf16_by_rows(raw, x), widened_matmul(raw, x)) < 1e-6
+
+
+def test_kernels_run_the_decoder_with_blas_on_one_thread(tiny_dir, monkeypatch):
+    """The kernels' bundle runs each decoder pass with BLAS on one thread and gives the threads back after;
+    the reference's bundle leaves BLAS alone."""
+    from threadpoolctl import threadpool_info
+    blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]   # noqa: E731
+    before = blas()
+    with engine.numba_ops().decoder_threads():
+        assert set(blas()) <= {1}
+    assert blas() == before
+    with engine.NUMPY.decoder_threads():
+        assert blas() == before
+    seen = []
+    monkeypatch.setattr(engine, "blas_threads", lambda n: seen.append(n) or engine.contextlib.nullcontext())
+    k25ref.load_model(tiny_dir, backend="numba").logits(IDS, prefill_chunk=3)
+    assert seen == [1, 1, 1]                                           # one per chunk of the 7-token prompt
