@@ -358,10 +358,10 @@ class Weights:
         if self.cfg.quant is None:
             return self.mlp(prefix)
         names = ("gate_proj", "up_proj", "down_proj")
-        load = lambda: tuple(self.int4(f"{prefix}{n}.") for n in names)      # noqa: E731
+        read = lambda: tuple(self.int4(f"{prefix}{n}.") for n in names)      # noqa: E731
         if self.cache.budget is None:                                         # every expert kept: in the stack
-            load = lambda: self.expert_stack(i).put(e, tuple(self.int4(f"{prefix}{n}.") for n in names))  # noqa
-        return self.cache.get(prefix, load, self.expert_nbytes, spare=True)
+            return self.cache.get(prefix, lambda: self.expert_stack(i).put(e, read()), self.expert_nbytes, spare=True)
+        return self.cache.get(prefix, read, self.expert_nbytes, spare=True)
 
     def expert_stack(self, i):  # -> ExpertStack of layer i (INT4 experts, no budget)
         return self.held(("experts", i), lambda: ExpertStack(self.cfg.text.n_routed_experts))

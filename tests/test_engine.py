@@ -106,6 +106,7 @@ def test_kernels_run_the_decoder_with_blas_on_one_thread(tiny_dir, monkeypatch):
     from threadpoolctl import threadpool_info
     blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]   # noqa: E731
     before = blas()
+    assert before, "threadpoolctl finds no BLAS in this process"
     with engine.numba_ops().decoder_threads():
         assert set(blas()) <= {1}
     assert blas() == before
