@@ -25,7 +25,7 @@ import numpy as np
 
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, linear
-from k25ref.kernels import fma, jit, launch, prange
+from k25ref.kernels import fma, jit, launch, prange, prefetch
 
 ROWS_PER_TASK = 16            # output rows per parallel task (one row buffer per task)
 PAD = 16                      # floats (64 bytes) after each row of a row buffer or input copy: see `_tile44_loops`
@@ -122,6 +122,39 @@ def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,
 
 
 dequantize_dot_numba = jit(_dequantize_dot_loops)
+
+
+def _prefetch_row_loops(words, scale):  # (W,) int32, (I/G,) f32: a row's cache lines, loads started
+    for k in range(0, words.shape[0], 16):                          # 16 words = 64 bytes = one cache line
+        prefetch(words, k)
+    for g in range(0, scale.shape[0], 16):
+        prefetch(scale, g)
+
+
+prefetch_row_numba = jit(_prefetch_row_loops)
+
+
+def _dequantize_dot2_loops(words0, words1, s0, s1, xs):  # (W,) int32 x 2, their scales per word (W,) x 2, (I,) split
+    """Two rows' dot products with the same input in one pass: (sum_i bf16(W0[i]) x[i], sum_i bf16(W1[i]) x[i]).
+    Each input is loaded once for both rows, and the loop's fixed costs (setup, the final reductions) are paid
+    once per two rows: with short rows (the MoE experts' 64 or 128 words) they are a large part of a row's time
+    (docs/kernels.md, "Short rows"). Four running sums: nibbles 0..3 and 4..7 of each row. The scales come
+    expanded (`expand_scales`, by the caller): expanded in here, the loop ran 1.4x slower."""
+    W = words0.shape[0]
+    x = xs.reshape(8, W)
+    low0 = high0 = low1 = high1 = np.float32(0.0)
+    for k in range(W):
+        a, b, sa, ta = words0[k], words0[k] >> np.int32(16), s0[k], s0[k] * np.float32(65537.0)
+        c, d, sc, tc = words1[k], words1[k] >> np.int32(16), s1[k], s1[k] * np.float32(65537.0)
+        for j in range(4):
+            low0 += nibble_weight_numba(a, j, sa, ta) * x[j, k]
+            high0 += nibble_weight_numba(b, j, sa, ta) * x[j + 4, k]
+            low1 += nibble_weight_numba(c, j, sc, tc) * x[j, k]
+            high1 += nibble_weight_numba(d, j, sc, tc) * x[j + 4, k]
+    return low0 + high0, low1 + high1
+
+
+dequantize_dot2_numba = jit(_dequantize_dot2_loops)
 
 
 def _tile44_loops(w, x, n, t0, t1, t2, t3, acc):  # (4, >=n), (T, >=n) -> acc[r, m] = w[r, :n] . x[t_m, :n]

@@ -17,7 +17,9 @@ This kernel, in three steps:
              rows (a tenth less time for the down step of a 128-token prompt at the benchmark's small shapes).
 Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in float32. With several tokens
 (prefill) four dequantized rows meet four tokens per pass (`tile44`); a lone token (decoding) gets each
-weight straight inside the dot product.
+weight straight inside the dot product, two rows per pass (gate's and up's row f; down's rows d and d + 1),
+the rows AHEAD further on prefetched: an expert's rows are short (64 or 128 words) and come from memory, so
+a pass's fixed costs and the wait at each 4 kB page would otherwise take a third of the time (docs/kernels.md).
 
 The chosen experts come from the same budgeted weight cache as the reference's (`Weights.expert`), and are
 handed to the kernel as stacked arrays of all the layer's experts, filled as they are first read
@@ -31,11 +33,13 @@ from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight
 from k25ref.kernels import array_list, jit, launch, prange
 from k25ref.kernels.expf import EXP_MAX, exp_numba
-from k25ref.kernels.int4_matvec import (PAD, ROWS_PER_TASK, SCALE_MAX, dequantize_dot_numba, dequantize_row_numba,
-                                        kernel_exact, split_nibbles_numba, tile44_numba)
+from k25ref.kernels.int4_matvec import (PAD, ROWS_PER_TASK, SCALE_MAX, dequantize_dot2_numba,
+                                        dequantize_row_numba, expand_scales_numba, kernel_exact, prefetch_row_numba,
+                                        split_nibbles_numba, tile44_numba)
 
 
 DOWN_ROWS = 64     # output rows per down-step task: every chosen expert's hidden rows are read once per task
+AHEAD = 4          # rows: a one-token pass starts loading the rows it will read this many rows later (prefetch)
 
 
 def _group_by_expert_loops(idx, E, start, order):  # (T, A) int64 -> start: (E+1,), order: (T*A,) pair ids t*A+a
@@ -74,6 +78,44 @@ def _split_col_loops(f, Wf):  # row f of an up projection -> its column in split
 split_col = jit(_split_col_loops)
 
 
+def _gate_up_one_token_loops(gp, gs, upp, ups, f0, f1, x, s_gate, s_up, h):
+    # one expert's gate/up rows f0..f1-1: (F, D/8) int32, (F, D/G) f32 x 2, x: (D,) split, s_*: (D/8,) scratch
+    # -> h: (F,) split order, h[f] = silu(gate_f . x) * (up_f . x)
+    """Gate's and up's row f in one pass (`dequantize_dot2`): each input loaded once for both."""
+    F = gp.shape[0]
+    Wf = F // 8
+    for f in range(f0, f1):
+        if f + AHEAD < F:
+            prefetch_row_numba(gp[f + AHEAD], gs[f + AHEAD])
+            prefetch_row_numba(upp[f + AHEAD], ups[f + AHEAD])
+        expand_scales_numba(gs[f], s_gate)
+        expand_scales_numba(ups[f], s_up)
+        a_gate, a_up = dequantize_dot2_numba(gp[f], upp[f], s_gate, s_up, x)
+        h[split_col(f, Wf)] = silu_numba(a_gate) * a_up
+
+
+gate_up_one_token_numba = jit(_gate_up_one_token_loops)
+
+
+def _down_one_token_loops(dp, ds, d0, d1, x, gt, s0, s1, y):
+    # one expert's down rows d0..d1-1: (D, F/8) int32, (D, F/G) f32, x: (F,) split, gt: its gate weight,
+    # s0, s1: (F/8,) scratch -> y[d] += gt * (down_d . x)
+    """Two rows per pass (`dequantize_dot2`): the rows are short (F/8 words), so a pass's fixed costs count.
+    d1 - d0 is even: D is a multiple of 8 (gate's rows are packed words) and so is DOWN_ROWS."""
+    for d in range(d0, d1, 2):
+        if d + AHEAD + 1 < dp.shape[0]:
+            prefetch_row_numba(dp[d + AHEAD], ds[d + AHEAD])
+            prefetch_row_numba(dp[d + AHEAD + 1], ds[d + AHEAD + 1])
+        expand_scales_numba(ds[d], s0)
+        expand_scales_numba(ds[d + 1], s1)
+        y_d, y_next = dequantize_dot2_numba(dp[d], dp[d + 1], s0, s1, x)
+        y[d] += gt * y_d
+        y[d + 1] += gt * y_next
+
+
+down_one_token_numba = jit(_down_one_token_loops)
+
+
 def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, out):
     # u: (T, D) f32   idx, g: (T, A)   gate_p/up_p: E x (F, D/8) int32   gate_s/up_s: E x (F, D/G) f32
     # down_p: E x (D, F/8) int32   down_s: E x (D, F/G) f32   (typed lists of arrays, or stacked arrays)
@@ -96,16 +138,14 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
         tokens = pairs // A                                        # (n,) who chose e
         gp, gs, upp, ups = gate_p[e], gate_s[e], up_p[e], up_s[e]  # once per task: a typed list's item costs a call
         wg, wu = np.empty((4, D + PAD), np.float32), np.empty((4, D + PAD), np.float32)   # rows padded: see PAD
-        s_w = np.empty(D // 8, np.float32)
+        s_w, s_up = np.empty(D // 8, np.float32), np.empty(D // 8, np.float32)
         gate, up = np.empty((4, 4), np.float32), np.empty((4, 4), np.float32)
+        if n == 1:                                                 # one token (decoding): fused dequant + dot
+            gate_up_one_token_numba(gp, gs, upp, ups, f0, min(F, f0 + R), us[tokens[0], :D], s_w, s_up,
+                                    hidden[pairs[0]])
+            continue
         for f in range(f0, min(F, f0 + R), 4):                    # four rows f at a time
             rows = min(4, F - f)
-            if n == 1:                                             # one token (decoding): fused dequant + dot
-                for r in range(rows):
-                    a_gate = dequantize_dot_numba(gp[f + r], gs[f + r], s_w, us[tokens[0], :D])
-                    a_up = dequantize_dot_numba(upp[f + r], ups[f + r], s_w, us[tokens[0], :D])
-                    hidden[pairs[0], split_col(f + r, Wf)] = silu_numba(a_gate) * a_up
-                continue
             for r in range(4):                                     # a short tail repeats its last row
                 k = f + min(r, rows - 1)
                 dequantize_row_numba(gp[k], gs[k], s_w, wg[r])
@@ -121,7 +161,8 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
                         hidden[pairs[b + m], split_col(f + r, Wf)] = silu_numba(a) * up[r, m]
     for task in prange(nd):                                        # 3. down: a block of output rows d
         d0, d1 = task * DOWN_ROWS, min(D, task * DOWN_ROWS + DOWN_ROWS)
-        w, s_w, y = np.empty((4, F + PAD), np.float32), np.empty(Wf, np.float32), np.empty((4, 4), np.float32)
+        w, y = np.empty((4, F + PAD), np.float32), np.empty((4, 4), np.float32)
+        s_w, s_next = np.empty(Wf, np.float32), np.empty(Wf, np.float32)
         for t in range(T):
             for d in range(d0, d1):
                 out[t, d] = 0.0
@@ -130,9 +171,8 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
             n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
             dp, ds = down_p[e], down_s[e]
             if n == 1:                                             # one token: fused dequant + dot
-                t, gt = pairs[0] // A, g[pairs[0] // A, pairs[0] % A]
-                for d in range(d0, d1):
-                    out[t, d] += gt * dequantize_dot_numba(dp[d], ds[d], s_w, hidden[pairs[0], :F])
+                t = pairs[0] // A
+                down_one_token_numba(dp, ds, d0, d1, hidden[pairs[0], :F], g[t, pairs[0] % A], s_w, s_next, out[t])
                 continue
             for d in range(d0, d1, 4):                             # four rows d at a time
                 rows = min(4, d1 - d)
