@@ -18,7 +18,8 @@ from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
 from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
 from k25ref.kernels import int4_matvec
-from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_row_numba,
+from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_dot2_numba,
+                                        dequantize_row_numba, expand_scales_numba,
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref import mla
@@ -104,8 +105,45 @@ def test_dequantized_rows_are_int4_dequantize_exactly(rng, G):
     ref = split_nibbles(dequantize(w))                                            # (3, 64)
     buf, s_w = np.empty(64, np.float32), np.empty(8, np.float32)
     for o in range(3):
-        dequantize_row_numba(w.packed[o], w.scale[o], s_w, buf)
+        expand_scales_numba(w.scale[o], s_w)
+        dequantize_row_numba(w.packed[o], s_w, buf)
         assert np.array_equal(buf, ref[o])
+
+
+@pytest.mark.parametrize("G", [8, 32])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_two_rows_per_pass_are_two_dot_products(rng, G, body):
+    """dequantize_dot2 (two rows, one input: the MoE kernel's decoding passes) gives each row's own dot product
+    with the reference's weights, in float32 up to summation order, on rows of 8 to 128 words."""
+    for I in (64, 256, 1024):
+        w = quantize(rng.standard_normal((2, I), dtype=np.float32), G)
+        x = rng.standard_normal((1, I), dtype=np.float32)
+        ref = dequantize(w).astype(np.float64) @ x[0].astype(np.float64)       # (2,)
+        s0, s1 = np.empty(I // 8, np.float32), np.empty(I // 8, np.float32)
+        expand = expand_scales_numba if body == "kernel" else int4_matvec._expand_scales_loops
+        expand(w.scale[0], s0)
+        expand(w.scale[1], s1)
+        dot2 = dequantize_dot2_numba if body == "kernel" else int4_matvec._dequantize_dot2_loops
+        got = np.array(dot2(w.packed[0], w.packed[1], s0, s1, split_nibbles(x)[0]), np.float64)
+        close(got, ref, f"two rows of {I} inputs, G={G}")
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_tile4_takes_four_tokens_or_the_groups_last_ones(rng, body):
+    """tile4 against a group of 1..9 tokens, from every start b: min(4, left) dot products of each of the four
+    rows, each with its own token (tails of one or two by tile42, of three by tile44 with a repeat)."""
+    tile4 = int4_matvec.tile4_numba if body == "kernel" else int4_matvec._tile4_loops
+    n = 40
+    w = rng.standard_normal((4, n + 16), dtype=np.float32)
+    x = rng.standard_normal((12, n + 16), dtype=np.float32)
+    acc = np.full((4, 4), np.nan, np.float32)
+    for size in range(1, 10):
+        tokens = rng.permutation(12)[:size]
+        for b in range(size):
+            took = tile4(w, x, n, tokens, b, acc)
+            assert took == min(4, size - b)
+            ref = w[:, :n].astype(np.float64) @ x[tokens[b:b + took], :n].astype(np.float64).T   # (4, took)
+            close(acc[:, :took], ref, f"tile4, {size} tokens from {b}")
 
 
 @pytest.mark.parametrize("O, I, T, G", [(8, 32, 1, 32), (24, 64, 3, 32), (5, 96, 2, 8), (40, 64, 17, 16)])

@@ -91,10 +91,11 @@ def _expand_scales_loops(scale, s_w):  # (I/G,) -> s_w: (W,) one scale per word
 expand_scales_numba = jit(_expand_scales_loops)
 
 
-def _dequantize_row_loops(words, scale, s_w, w):  # (W,) int32, (I/G,) f32, s_w: (W,) scratch -> w: (I,) split order
-    """w[j*W + k] = bf16((nibble j of words[k] - 8) * scale[(8k + j) // G])."""
+def _dequantize_row_loops(words, s_w, w):  # (W,) int32, s_w: (W,) = expand_scales(scale) -> w: (I,) split order
+    """w[j*W + k] = bf16((nibble j of words[k] - 8) * scale[(8k + j) // G]).
+    The row functions take their scales expanded by the caller (`expand_scales`): with the expansion inside
+    them, LLVM compiled their loops worse (docs/kernels.md, "Short rows")."""
     W = words.shape[0]
-    expand_scales_numba(scale, s_w)
     for k in range(W):
         low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
         for j in range(4):
@@ -105,13 +106,12 @@ def _dequantize_row_loops(words, scale, s_w, w):  # (W,) int32, (I/G,) f32, s_w:
 dequantize_row_numba = jit(_dequantize_row_loops)
 
 
-def _dequantize_dot_loops(words, scale, s_w, xs):  # (W,) int32, (I/G,) f32, (W,) scratch, (I,) split -> float32
+def _dequantize_dot_loops(words, s_w, xs):  # (W,) int32, (W,) expand_scales(scale), (I,) split -> float32
     """sum_i bf16(W[o, i]) x[i] for one row, without storing the row (the T = 1 case of decoding).
     Each word is loaded once for its eight weights, each input once. Nibbles 0..3 and 4..7 go into two sums,
-    so that the multiply-adds of one do not wait for those of the other."""
+    so that the multiply-adds of one do not wait for those of the other. Scales expanded by the caller."""
     W = words.shape[0]
     x = xs.reshape(8, W)                                            # x[j, k]: input 8k + j
-    expand_scales_numba(scale, s_w)
     acc_low = acc_high = np.float32(0.0)
     for k in range(W):
         low, high, s, s65537 = words[k], words[k] >> np.int32(16), s_w[k], s_w[k] * np.float32(65537.0)
@@ -138,8 +138,7 @@ def _dequantize_dot2_loops(words0, words1, s0, s1, xs):  # (W,) int32 x 2, their
     """Two rows' dot products with the same input in one pass: (sum_i bf16(W0[i]) x[i], sum_i bf16(W1[i]) x[i]).
     Each input is loaded once for both rows, and the loop's fixed costs (setup, the final reductions) are paid
     once per two rows: with short rows (the MoE experts' 64 or 128 words) they are a large part of a row's time
-    (docs/kernels.md, "Short rows"). Four running sums: nibbles 0..3 and 4..7 of each row. The scales come
-    expanded (`expand_scales`, by the caller): expanded in here, the loop ran 1.4x slower."""
+    (docs/kernels.md, "Short rows"). Four running sums: nibbles 0..3 and 4..7 of each row."""
     W = words0.shape[0]
     x = xs.reshape(8, W)
     low0 = high0 = low1 = high1 = np.float32(0.0)
@@ -193,6 +192,42 @@ def _tile44_loops(w, x, n, t0, t1, t2, t3, acc):  # (4, >=n), (T, >=n) -> acc[r,
 tile44_numba = jit(_tile44_loops)
 
 
+def _tile42_loops(w, x, n, t0, t1, acc):  # (4, >=n), (T, >=n) -> acc[r, m] = w[r, :n] . x[t_m, :n], m < 2
+    """Four weight rows against two input rows: a group's last one or two tokens, which a `tile44` would
+    pad with repeats (the multiply-adds bound the tiles: half of them would be thrown away)."""
+    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0.0)
+    for i in range(n):
+        w0, w1, w2, w3 = w[0, i], w[1, i], w[2, i], w[3, i]
+        x0, x1 = x[t0, i], x[t1, i]
+        a00 += w0 * x0
+        a01 += w0 * x1
+        a10 += w1 * x0
+        a11 += w1 * x1
+        a20 += w2 * x0
+        a21 += w2 * x1
+        a30 += w3 * x0
+        a31 += w3 * x1
+    acc[0, 0], acc[0, 1], acc[1, 0], acc[1, 1] = a00, a01, a10, a11
+    acc[2, 0], acc[2, 1], acc[3, 0], acc[3, 1] = a20, a21, a30, a31
+
+
+tile42_numba = jit(_tile42_loops)
+
+
+def _tile4_loops(w, x, n, tokens, b, acc):  # tokens[b:] (at least one) -> acc[r, m] = w[r, :n] . x[tokens[b + m], :n]
+    """Four weight rows against the next four tokens of a group (fewer at its end: two, or one repeated, by
+    `tile42`, three with the last repeated). Returns how many were taken."""
+    left = tokens.shape[0] - b
+    if left <= 2:
+        tile42_numba(w, x, n, tokens[b], tokens[b + left - 1], acc)
+        return left
+    tile44_numba(w, x, n, tokens[b], tokens[b + 1], tokens[b + 2], tokens[min(b + 3, tokens.shape[0] - 1)], acc)
+    return min(left, 4)
+
+
+tile4_numba = jit(_tile4_loops)
+
+
 def _tile_rows_loops(w, x, n, o, rows, acc, out):  # (4, >=n) rows o..o+rows-1, (T, >=n) -> out[:, o:o+rows]
     """Four widened weight rows against every input, four inputs per pass (`tile44`); a short tail of inputs
     repeats its last one, and only the real rows and inputs are written."""
@@ -230,11 +265,13 @@ def _int4_matmul_loops(packed, scale, xs, out):  # (O, W) int32, (O, I/G) f32, (
             rows = min(4, O - o)
             if T == 1:                                              # decoding: dequantize inside the dot
                 for r in range(rows):
-                    out[0, o + r] = dequantize_dot_numba(packed[o + r], scale[o + r], s_w, xs[0])
+                    expand_scales_numba(scale[o + r], s_w)
+                    out[0, o + r] = dequantize_dot_numba(packed[o + r], s_w, xs[0])
                 continue
             for r in range(4):                                      # once per row, reused by all T inputs
                 k = o + min(r, rows - 1)                            # a short tail repeats its last row
-                dequantize_row_numba(packed[k], scale[k], s_w, w[r])
+                expand_scales_numba(scale[k], s_w)
+                dequantize_row_numba(packed[k], s_w, w[r])
             tile_rows_numba(w, xs, I, o, rows, acc, out)
 
 

@@ -16,10 +16,11 @@ This kernel, in three steps:
              Experts in the outer loop: each expert's hidden rows are read once per block, not once per four
              rows (a tenth less time for the down step of a 128-token prompt at the benchmark's small shapes).
 Weights are bf16-rounded exactly as `int4.dequantize` does; accumulation in float32. With several tokens
-(prefill) four dequantized rows meet four tokens per pass (`tile44`); a lone token (decoding) gets each
-weight straight inside the dot product, two rows per pass (gate's and up's row f; down's rows d and d + 1),
-the rows AHEAD further on prefetched: an expert's rows are short (64 or 128 words) and come from memory, so
-a pass's fixed costs and the wait at each 4 kB page would otherwise take a third of the time (docs/kernels.md).
+(prefill) four dequantized rows meet four tokens per pass (`tile4`: a group's last one or two by `tile42`,
+not padded to four). A lone token (decoding) gets each weight straight inside the dot product, two rows per
+pass (gate's and up's row f; down's rows d and d + 1), the rows AHEAD further on prefetched: an expert's
+rows are short (64 or 128 words) and come from memory, so a pass's fixed costs and the wait at each 4 kB
+page would otherwise take a quarter of the time (docs/kernels.md, "Short rows").
 
 The chosen experts come from the same budgeted weight cache as the reference's (`Weights.expert`), and are
 handed to the kernel as stacked arrays of all the layer's experts, filled as they are first read
@@ -35,7 +36,7 @@ from k25ref.kernels import array_list, jit, launch, prange
 from k25ref.kernels.expf import EXP_MAX, exp_numba
 from k25ref.kernels.int4_matvec import (PAD, ROWS_PER_TASK, SCALE_MAX, dequantize_dot2_numba,
                                         dequantize_row_numba, expand_scales_numba, kernel_exact, prefetch_row_numba,
-                                        split_nibbles_numba, tile44_numba)
+                                        split_nibbles_numba, tile4_numba)
 
 
 DOWN_ROWS = 64     # output rows per down-step task: every chosen expert's hidden rows are read once per task
@@ -130,6 +131,8 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
     us = np.empty((T, D + PAD), np.float32)
     split_nibbles_numba(u, us)                                     # inputs in the kernel's split order
     hidden = np.empty((T * A, F + PAD), np.float32)                # per (token, slot) pair, split order
+    token_of = np.arange(T * A) // A                               # pair p = t*A + a -> t, and its weight g[t, a]:
+    weight_of = g.reshape(T * A)                                   # no division in the loops below
     Wf, R = F // 8, ROWS_PER_TASK
     nf, nd = (F + R - 1) // R, (D + DOWN_ROWS - 1) // DOWN_ROWS    # row blocks of the up and down steps
     for task in prange(C * nf):                                    # 2. gate/up: (expert, block of rows f)
@@ -148,17 +151,16 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
             rows = min(4, F - f)
             for r in range(4):                                     # a short tail repeats its last row
                 k = f + min(r, rows - 1)
-                dequantize_row_numba(gp[k], gs[k], s_w, wg[r])
-                dequantize_row_numba(upp[k], ups[k], s_w, wu[r])
+                expand_scales_numba(gs[k], s_w)
+                expand_scales_numba(ups[k], s_up)
+                dequantize_row_numba(gp[k], s_w, wg[r])
+                dequantize_row_numba(upp[k], s_up, wu[r])
             for b in range(0, n, 4):                               # four tokens per pass over the rows
-                last = min(b + 3, n - 1)                           # a short tail repeats its last token
-                q = (tokens[b], tokens[min(b + 1, last)], tokens[min(b + 2, last)], tokens[last])
-                tile44_numba(wg, us, D, q[0], q[1], q[2], q[3], gate)
-                tile44_numba(wu, us, D, q[0], q[1], q[2], q[3], up)
+                m_n = tile4_numba(wg, us, D, tokens, b, gate)
+                tile4_numba(wu, us, D, tokens, b, up)
                 for r in range(rows):
-                    for m in range(last - b + 1):
-                        a = gate[r, m]
-                        hidden[pairs[b + m], split_col(f + r, Wf)] = silu_numba(a) * up[r, m]
+                    for m in range(m_n):
+                        hidden[pairs[b + m], split_col(f + r, Wf)] = silu_numba(gate[r, m]) * up[r, m]
     for task in prange(nd):                                        # 3. down: a block of output rows d
         d0, d1 = task * DOWN_ROWS, min(D, task * DOWN_ROWS + DOWN_ROWS)
         w, y = np.empty((4, F + PAD), np.float32), np.empty((4, 4), np.float32)
@@ -171,21 +173,21 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
             n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
             dp, ds = down_p[e], down_s[e]
             if n == 1:                                             # one token: fused dequant + dot
-                t = pairs[0] // A
-                down_one_token_numba(dp, ds, d0, d1, hidden[pairs[0], :F], g[t, pairs[0] % A], s_w, s_next, out[t])
+                p = pairs[0]
+                down_one_token_numba(dp, ds, d0, d1, hidden[p, :F], weight_of[p], s_w, s_next, out[token_of[p]])
                 continue
             for d in range(d0, d1, 4):                             # four rows d at a time
                 rows = min(4, d1 - d)
                 for r in range(4):
                     k = d + min(r, rows - 1)
-                    dequantize_row_numba(dp[k], ds[k], s_w, w[r])
+                    expand_scales_numba(ds[k], s_w)
+                    dequantize_row_numba(dp[k], s_w, w[r])
                 for b in range(0, n, 4):
-                    last = min(b + 3, n - 1)
-                    q = (pairs[b], pairs[min(b + 1, last)], pairs[min(b + 2, last)], pairs[last])
-                    tile44_numba(w, hidden, F, q[0], q[1], q[2], q[3], y)
+                    m_n = tile4_numba(w, hidden, F, pairs, b, y)
                     for r in range(rows):
-                        for m in range(last - b + 1):
-                            out[q[m] // A, d + r] += g[q[m] // A, q[m] % A] * y[r, m]
+                        for m in range(m_n):
+                            p = pairs[b + m]
+                            out[token_of[p], d + r] += weight_of[p] * y[r, m]
 
 
 moe_experts_numba = jit(_moe_experts_loops, parallel=True)
