@@ -138,15 +138,15 @@ def _moe_experts_loops(u, idx, g, gate_p, gate_s, up_p, up_s, down_p, down_s, ou
     for task in prange(C * nf):                                    # 2. gate/up: (expert, block of rows f)
         e, f0 = chosen[task // nf], (task % nf) * R
         n, pairs = start[e + 1] - start[e], order[start[e]:start[e + 1]]
-        tokens = pairs // A                                        # (n,) who chose e
         gp, gs, upp, ups = gate_p[e], gate_s[e], up_p[e], up_s[e]  # once per task: a typed list's item costs a call
-        wg, wu = np.empty((4, D + PAD), np.float32), np.empty((4, D + PAD), np.float32)   # rows padded: see PAD
         s_w, s_up = np.empty(D // 8, np.float32), np.empty(D // 8, np.float32)
-        gate, up = np.empty((4, 4), np.float32), np.empty((4, 4), np.float32)
         if n == 1:                                                 # one token (decoding): fused dequant + dot
-            gate_up_one_token_numba(gp, gs, upp, ups, f0, min(F, f0 + R), us[tokens[0], :D], s_w, s_up,
+            gate_up_one_token_numba(gp, gs, upp, ups, f0, min(F, f0 + R), us[token_of[pairs[0]], :D], s_w, s_up,
                                     hidden[pairs[0]])
             continue
+        tokens = pairs // A                                        # (n,) who chose e
+        wg, wu = np.empty((4, D + PAD), np.float32), np.empty((4, D + PAD), np.float32)   # rows padded: see PAD
+        gate, up = np.empty((4, 4), np.float32), np.empty((4, 4), np.float32)
         for f in range(f0, min(F, f0 + R), 4):                    # four rows f at a time
             rows = min(4, F - f)
             for r in range(4):                                     # a short tail repeats its last row
