@@ -156,8 +156,8 @@ def _prefetch_compiled():
             array = context.make_array(signature.args[0])(context, builder, args[0])
             ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
             i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                "llvm.prefetch.p0")
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p],                # name mangled for this LLVM
+                                                  ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
             builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
             return context.get_dummy_value()
         return numba.types.void(a, i), codegen
