@@ -1,0 +1,64 @@
+"""The decoder's small kernels (router selection, RMSNorm) equal their NumPy references.
+
+Like tests/test_kernels.py, each test runs the compiled kernel and its loop body as plain Python, and CI runs
+the file again with NUMBA_DISABLE_JIT=1 (`-m kernels`).
+"""
+import numpy as np
+import pytest
+
+from k25ref.config import TextConfig
+from k25ref.kernels import moe_route, rms_norm as rms_kernel
+from k25ref.moe import route
+from k25ref.nn import rms_norm
+from conftest import check_close
+
+pytestmark = pytest.mark.kernels
+
+
+def _cfg(E, A, G, Gk, **kw):
+    return TextConfig(hidden_size=24, n_routed_experts=E, num_experts_per_tok=A, n_group=G, topk_group=Gk,
+                      num_hidden_layers=2, moe_intermediate_size=8, **kw)
+
+
+@pytest.mark.parametrize("E, A, G, Gk", [(16, 4, 4, 2), (64, 8, 8, 4), (12, 3, 1, 1), (8, 2, 4, 3), (6, 6, 2, 2)])
+@pytest.mark.parametrize("norm, scale", [(True, 2.5), (False, 1.0)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_route_matches_reference(rng, E, A, G, Gk, norm, scale, body, monkeypatch):
+    """Same experts in the same order and the same weights, over many tokens, with a bias that changes the
+    choice, one group, groups of two and every expert chosen (A = E)."""
+    if body == "loops":
+        monkeypatch.setattr(moe_route, "select_numba", moe_route._select_loops)
+    cfg = _cfg(E, A, G, Gk, norm_topk_prob=norm, routed_scaling_factor=scale)
+    u = rng.standard_normal((50, 24)).astype(np.float32)
+    gate, bias = rng.standard_normal((E, 24)).astype(np.float32), rng.standard_normal(E).astype(np.float32)
+    idx, g = moe_route.route(u, gate, bias, cfg)
+    ref_idx, ref_g = route(u, gate, bias, cfg)
+    assert idx.dtype == ref_idx.dtype and g.dtype == ref_g.dtype == np.float32
+    np.testing.assert_array_equal(idx, ref_idx)
+    check_close(g, ref_g, rtol=1e-6, atol=1e-7, label="router weights")
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_route_ties_go_to_the_lower_index(body, monkeypatch):
+    """Equal groups and equal experts: the lower index first, as the reference's stable argsort."""
+    if body == "loops":
+        monkeypatch.setattr(moe_route, "select_numba", moe_route._select_loops)
+    cfg = _cfg(8, 3, 4, 2)
+    u, gate, bias = np.ones((2, 24), np.float32), np.zeros((8, 24), np.float32), np.zeros(8, np.float32)
+    idx, g = moe_route.route(u, gate, bias, cfg)
+    np.testing.assert_array_equal(idx, route(u, gate, bias, cfg)[0])
+    np.testing.assert_array_equal(idx, [[0, 1, 2]] * 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 1024), (5, 24), (3, 2, 40), (1, 1)])
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_rms_norm_matches_reference(rng, shape, body, monkeypatch):
+    if body == "loops":
+        monkeypatch.setattr(rms_kernel, "rms_norm_numba", rms_kernel._rms_norm_loops)
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    out = rms_kernel.rms_norm(x, w, 1e-6)
+    ref = rms_norm(x.astype(np.float64), w.astype(np.float64), 1e-6)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    check_close(out, ref, rtol=1e-5, atol=1e-6, label=f"rms_norm {shape}")
+    check_close(rms_kernel.rms_norm(x[..., :1] * 0, w[:1], 1e-6), np.zeros(shape[:-1] + (1,)), label="zero row")
