@@ -6,8 +6,11 @@ the file again with NUMBA_DISABLE_JIT=1 (`-m kernels`).
 import numpy as np
 import pytest
 
-from k25ref.config import TextConfig
-from k25ref.kernels import moe_route, rms_norm as rms_kernel
+from k25ref import mla
+from k25ref.config import TextConfig, from_hf
+from k25ref.kernels import mla_blocked, moe_route, rms_norm as rms_kernel
+from k25ref.kernels.mla_blocked import absorbing_pays
+from k25ref.make_tiny import preset
 from k25ref.moe import route
 from k25ref.nn import rms_norm
 from conftest import check_close
@@ -62,3 +65,33 @@ def test_rms_norm_matches_reference(rng, shape, body, monkeypatch):
     assert out.dtype == np.float32 and out.shape == x.shape
     check_close(out, ref, rtol=1e-5, atol=1e-6, label=f"rms_norm {shape}")
     check_close(rms_kernel.rms_norm(x[..., :1] * 0, w[:1], 1e-6), np.zeros(shape[:-1] + (1,)), label="zero row")
+
+
+def test_absorbing_pays_by_the_count():
+    """Absorbed for few queries over many keys, naive for a prompt chunk attending to itself: at tools/bench.py's
+    `small` dims the counted verdicts its docstring's measurements agree with."""
+    cfg = TextConfig(hidden_size=1024, num_attention_heads=16, kv_lora_rank=256, q_lora_rank=384,
+                     qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, num_hidden_layers=2)
+    assert absorbing_pays(1, 5000, cfg) and absorbing_pays(8, 136, cfg) and absorbing_pays(32, 2048, cfg)
+    assert not absorbing_pays(32, 32, cfg) and not absorbing_pays(128, 128, cfg) and not absorbing_pays(128, 1024, cfg)
+
+
+@pytest.mark.parametrize("T, S, absorb", [(2, 40, True), (40, 40, False)])
+def test_absorbed_attention_takes_the_cheaper_form(rng, T, S, absorb, monkeypatch):
+    """mla_blocked.attend(absorbed=True) runs attend_latent where absorbing pays and attend_blocked's naive path
+    where it does not; either way the attention of the one-shot absorbed reference."""
+    cfg = from_hf(preset("tiny")).text
+    H, Dn, Dr, Dv, Ckv = (cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
+                          cfg.kv_lora_rank)
+    w = mla.MLAWeights(np.zeros((Ckv + Dr, 1), np.float32), np.ones(Ckv, np.float32),
+                       (0.1 * rng.standard_normal((H * (Dn + Dv), Ckv))).astype(np.float32), np.zeros((1, H * Dv)))
+    q_nope, q_rope = rng.standard_normal((T, H, Dn), np.float32), rng.standard_normal((T, H, Dr), np.float32)
+    c_kv, k_rope = rng.standard_normal((S, Ckv), np.float32), rng.standard_normal((S, Dr), np.float32)
+    monkeypatch.setattr(mla_blocked, "DECODE_ROWS", 0)
+    taken = []
+    latent = mla_blocked.attend_latent
+    monkeypatch.setattr(mla_blocked, "attend_latent", lambda *a, **k: taken.append("latent") or latent(*a, **k))
+    out = mla_blocked.attend(q_nope, q_rope, c_kv, k_rope, w, cfg, 0.3, absorbed=True)
+    assert absorbing_pays(T, S, cfg) == absorb and taken == (["latent"] if absorb else [])
+    ref = mla.attend_absorbed(*(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
+    check_close(out, ref, atol=1e-5 * float(np.abs(ref).max()), label=f"attention T={T} S={S}")
