@@ -95,3 +95,16 @@ def test_absorbed_attention_takes_the_cheaper_form(rng, T, S, absorb, monkeypatc
     assert absorbing_pays(T, S, cfg) == absorb and taken == (["latent"] if absorb else [])
     ref = mla.attend_absorbed(*(a.astype(np.float64) for a in (q_nope, q_rope, c_kv, k_rope)), w, cfg, 0.3)
     check_close(out, ref, atol=1e-5 * float(np.abs(ref).max()), label=f"attention T={T} S={S}")
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_rms_norm_of_rows_whose_mean_square_overflows_is_zero(body, monkeypatch):
+    """Rows at +-3.39e38 (bf16's largest): the mean of squares is inf, the reference's row 0, never NaN."""
+    if body == "loops":
+        monkeypatch.setattr(rms_kernel, "rms_norm_numba", rms_kernel._rms_norm_loops)
+    x = np.full((2, 64), 3.3895314e38, np.float32) * np.where(np.arange(64) % 2, 1, -1).astype(np.float32)
+    w = np.full(64, 2.5, np.float32)
+    with np.errstate(over="ignore"):
+        ref, out = rms_norm(x, w, 1e-5), rms_kernel.rms_norm(x, w, 1e-5)
+    np.testing.assert_array_equal(ref, 0)
+    np.testing.assert_array_equal(out, ref)
