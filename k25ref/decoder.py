@@ -61,7 +61,7 @@ def layer(i, h, W: Weights, cfg: TextConfig, ops, cos, sin, scale, cache, captur
     """One pre-norm decoder layer."""
     w = W.layer(i, ops)
     a = mla(ops.rms_norm(h, w.input_layernorm, cfg.rms_norm_eps), w.attention, cfg, cos, sin, scale, cache,
-            absorbed, partial(ops.attend, absorbed=absorbed), ops.rms_norm)                        # (T, D)
+            absorbed, partial(ops.attend, absorbed=absorbed), ops.rms_norm, ops.rope)              # (T, D)
     h = h + a
     m = ffn(i, ops.rms_norm(h, w.post_attention_layernorm, cfg.rms_norm_eps), W, w, cfg, ops, capture)
     if capture is not None:

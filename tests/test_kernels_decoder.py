@@ -108,3 +108,18 @@ def test_rms_norm_of_rows_whose_mean_square_overflows_is_zero(body, monkeypatch)
         ref, out = rms_norm(x, w, 1e-5), rms_kernel.rms_norm(x, w, 1e-5)
     np.testing.assert_array_equal(ref, 0)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("shape", [(7, 16), (5, 3, 16), (1, 8)])
+def test_rope_kernel_matches_reference_on_any_leading_dims(rng, shape):
+    """engine.rope_kernel (MoonViT's RoPE kernel) == rope.apply_rope_interleaved for k_rope's (T, Dr) and for
+    queries as project hands them over, a transposed (H, T, Dr) view."""
+    from k25ref.engine import rope_kernel
+    from k25ref.rope import apply_rope_interleaved
+    T, Dr = shape[-2:]
+    cos, sin = (rng.standard_normal((T, Dr // 2)).astype(np.float32) for _ in range(2))
+    x = rng.standard_normal(shape).astype(np.float32)
+    views = [x] + ([x.transpose(1, 0, 2).copy().transpose(1, 0, 2)] if x.ndim == 3 else [])
+    for v in views:
+        check_close(rope_kernel(v, cos, sin), apply_rope_interleaved(v.astype(np.float64), cos, sin), rtol=1e-6,
+                    atol=1e-6, label=f"rope {shape}")
