@@ -7,8 +7,8 @@
     logits = RMSNorm(h) @ lm_head^T                                          (T, V)
 
 No batch dimension: one sequence at a time. Same as transformers DeepseekV3Model / DeepseekV3ForCausalLM.
-The hot operations (attention, routed experts, BF16 products) run what `ops` holds: the bundle the model
-chose once (k25ref.engine), the NumPy reference or the kernels.
+The hot operations (attention, router, routed experts, norms, BF16 products) run what `ops` holds: the bundle
+the model chose once (k25ref.engine), the NumPy reference or the kernels.
 """
 from functools import partial
 
@@ -16,10 +16,10 @@ import numpy as np
 
 from k25ref.config import TextConfig
 from k25ref.mla import LatentCache, mla
-from k25ref.moe import expert_ffn, route
-from k25ref.nn import Bf16Weight, linear, rms_norm, swiglu
+from k25ref.moe import expert_ffn
+from k25ref.nn import Bf16Weight, linear, swiglu
 from k25ref.rope import cos_sin, inv_frequencies, softmax_scale
-from k25ref.weights import TEXT, Weights, layer_prefix
+from k25ref.weights import TEXT, LayerWeights, Weights
 
 
 class Rope:
@@ -46,25 +46,24 @@ def head(h, W: Weights, ops):  # (T, D) -> (T, V)
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
-def ffn(i, x, W: Weights, cfg: TextConfig, ops, capture=None):  # (T, D) -> (T, D)
+def ffn(i, x, W: Weights, w: LayerWeights, cfg: TextConfig, ops, capture=None):  # (T, D) -> (T, D)
     """The feed-forward half of layer i: dense SwiGLU, or routed experts + shared expert."""
-    p = layer_prefix(i)
-    if not cfg.is_moe_layer(i):
-        return swiglu(x, *W.mlp(f"{p}mlp.", ops))
-    idx, g = route(x, *W.router(i), cfg)                                      # (T, A), (T, A)
+    if w.router is None:
+        return swiglu(x, *w.mlp)
+    idx, g = ops.route(x, *w.router, cfg)                                     # (T, A), (T, A)
     if capture is not None:
         capture[f"layers.{i}.router_indices"], capture[f"layers.{i}.router_weights"] = idx, g
-    return ops.routed_experts(i, x, idx, g, W) + expert_ffn(x, *W.mlp(f"{p}mlp.shared_experts.", ops))
+    return ops.routed_experts(i, x, idx, g, W) + expert_ffn(x, *w.mlp)
 
 
 def layer(i, h, W: Weights, cfg: TextConfig, ops, cos, sin, scale, cache, capture=None,
           absorbed=False):  # (T, D) -> (T, D)
     """One pre-norm decoder layer."""
-    p = layer_prefix(i)
-    a = mla(rms_norm(h, W.f32(f"{p}input_layernorm.weight"), cfg.rms_norm_eps), W.attention(i, ops), cfg,
-            cos, sin, scale, cache, absorbed, partial(ops.attend, absorbed=absorbed))    # (T, D)
+    w = W.layer(i, ops)
+    a = mla(ops.rms_norm(h, w.input_layernorm, cfg.rms_norm_eps), w.attention, cfg, cos, sin, scale, cache,
+            absorbed, partial(ops.attend, absorbed=absorbed), ops.rms_norm, ops.rope)              # (T, D)
     h = h + a
-    m = ffn(i, rms_norm(h, W.f32(f"{p}post_attention_layernorm.weight"), cfg.rms_norm_eps), W, cfg, ops, capture)
+    m = ffn(i, ops.rms_norm(h, w.post_attention_layernorm, cfg.rms_norm_eps), W, w, cfg, ops, capture)
     if capture is not None:
         capture[f"layers.{i}.attn_out"], capture[f"layers.{i}.mlp_out"] = a, m
         capture[f"layers.{i}.hidden"] = h + m
@@ -81,7 +80,7 @@ def forward(h, W: Weights, cfg: TextConfig, rope: Rope, cache, ops, capture=None
     for i in range(cfg.num_hidden_layers):
         W.prefetch_layer(i + 1, ops)                                          # read ahead while layer i runs
         h = layer(i, h, W, cfg, ops, cos, sin, rope.scale, cache[i], capture, absorbed)
-    h = rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)          # (T, D)
+    h = ops.rms_norm(h, W.f32(f"{TEXT}norm.weight"), cfg.rms_norm_eps)      # (T, D)
     if capture is not None:
         capture["final_norm"] = h
     if not logits:

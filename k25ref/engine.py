@@ -7,7 +7,10 @@ one module that pairs each of their functions with its kernel.
 
     operation            NUMPY (the reference)                numba_ops() (the kernels)
     MLA attention        mla.attend_blocked                   kernels.mla_blocked.attend
+    router               moe.route                            kernels.moe_route (the selection after the product)
     routed experts       moe.moe, expert by expert            kernels.moe_experts (INT4, all chosen at once)
+    RMSNorm              nn.rms_norm                          kernels.rms_norm
+    RoPE of q and k      rope.apply_rope_interleaved          kernels.vision_block's (`rope_kernel`)
     BF16 matrices, head  widened to float32 once, cached      kept as stored, kernels.bf16_matvec (a prompt
                                                               chunk: widened by blocks, BLAS)
     vision passes        moonvit.REFERENCE                    kernels.vision_block, kernels.vision_attention
@@ -30,9 +33,10 @@ import numpy as np
 
 from k25ref.errors import ConfigError
 from k25ref.mla import attend_absorbed, attend_blocked, attend_naive
-from k25ref.moe import moe
+from k25ref.moe import moe, route
 from k25ref.moonvit import REFERENCE, VisionOps
-from k25ref.nn import widened_matmul
+from k25ref.nn import rms_norm, widened_matmul
+from k25ref.rope import apply_rope_interleaved
 
 BACKENDS = ("auto", "numba", "numpy")
 log = logging.getLogger("k25ref")
@@ -43,7 +47,10 @@ class Ops:
     """One choice of code for every hot operation (see the module's table)."""
     name: str
     attend: Callable            # attend_blocked's signature, absorbed as keyword: MLA over the latent cache
+    route: Callable             # moe.route's signature: (u (T, D), gate (E, D), bias (E,), cfg) -> idx, g (T, A)
     routed_experts: Callable    # (i, x (T, D), idx (T, A), g (T, A), W: Weights) -> (T, D)
+    rms_norm: Callable          # nn.rms_norm's signature: (x (..., D), weight (D,), eps) -> (..., D)
+    rope: Callable              # rope.apply_rope_interleaved's: (x (..., T, Dr), cos, sin (T, Dr/2)) -> (..., T, Dr)
     bf16_matmul: Callable | None  # (raw (O, I) uint16, x (T, I)) -> (T, O); None: BF16 widened once, cached
     vision: VisionOps           # the passes between the products of MoonViT and the projector
 
@@ -147,7 +154,7 @@ def kernel_experts(i, x, idx, g, W):  # (T, D), (T, A), (T, A) -> (T, D)
 # the bundles
 
 
-NUMPY = Ops("numpy", attend_blocked, reference_experts, None, REFERENCE)
+NUMPY = Ops("numpy", attend_blocked, route, reference_experts, rms_norm, apply_rope_interleaved, None, REFERENCE)
 
 
 def one_shot(ops=NUMPY):  # -> Ops
@@ -164,9 +171,18 @@ def _attend_one_shot(*args, absorbed=False):
 def numba_ops():  # -> Ops
     """The kernels' bundle, built at first request: importing the kernel modules loads numba (~0.3 s), which
     a NumPy-only run, or `k25ref --help`, never pays."""
-    from k25ref.kernels import bf16_matvec, mla_blocked, vision_attention as va, vision_block as vb
+    from k25ref.kernels import mla_blocked, moe_route, rms_norm, vision_attention as va, vision_block as vb
     vision = VisionOps(vb.layer_norm, vb.bias_gelu_tanh, vb.gelu_erf, vb.apply_rope_interleaved, va.softmax_rows)
-    return Ops("numba", mla_blocked.attend, kernel_experts, bf16_by_rows, vision)
+    return Ops("numba", mla_blocked.attend, moe_route.route, kernel_experts, rms_norm.rms_norm, rope_kernel,
+               bf16_by_rows, vision)
+
+
+def rope_kernel(x, cos, sin):  # (..., T, Dr), (T, Dr/2) -> (..., T, Dr) float32
+    """rope.apply_rope_interleaved through MoonViT's kernel (kernels.vision_block), any leading dims: one call
+    where NumPy makes eight (a decoded token on tools/bench.py's tiny: ~5% of its time in two calls a layer)."""
+    from k25ref.kernels.vision_block import apply_rope_interleaved as kernel
+    T, Dr = x.shape[-2:]
+    return kernel(x.reshape(-1, T, Dr), cos, sin).reshape(x.shape)
 
 
 BLAS_ROWS = 256          # inputs from which a bf16 product widens its matrix and calls BLAS

@@ -81,18 +81,20 @@ class LatentCache:
         return self.length * (self.c_kv.shape[1] + self.k_rope.shape[1]) * 4
 
 
-def project(x, w: MLAWeights, cfg: TextConfig, cos, sin):  # (T, D) -> (T,H,Dn), (T,H,Dr), (T,Ckv), (T,Dr)
-    """Queries (split nope/rope) and the two cached quantities of the new tokens, RoPE applied."""
+def project(x, w: MLAWeights, cfg: TextConfig, cos, sin, norm=rms_norm,
+            rope=apply_rope_interleaved):  # (T, D) -> (T,H,Dn), (T,H,Dr), (T,Ckv), (T,Dr)
+    """Queries (split nope/rope) and the two cached quantities of the new tokens, RoPE applied (`norm`, `rope`:
+    the latents' RMSNorm and the RoPE, nn.rms_norm and rope.apply_rope_interleaved or functions of theirs)."""
     T, H, Dn, Dr, Ckv = x.shape[0], cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
     if w.q_proj is None:
-        c_q = rms_norm(_linear(x, w.q_a_proj, w.q_a_proj_bias), w.q_a_layernorm, LATENT_NORM_EPS)   # (T, Cq)
+        c_q = norm(_linear(x, w.q_a_proj, w.q_a_proj_bias), w.q_a_layernorm, LATENT_NORM_EPS)       # (T, Cq)
         q = linear(c_q, w.q_b_proj).reshape(T, H, Dn + Dr)                        # (T, H, Dn+Dr)
     else:
         q = linear(x, w.q_proj).reshape(T, H, Dn + Dr)                            # (T, H, Dn+Dr)
-    q_nope, q_rope = q[..., :Dn], apply_rope_interleaved(q[..., Dn:].transpose(1, 0, 2), cos, sin).transpose(1, 0, 2)
+    q_nope, q_rope = q[..., :Dn], rope(q[..., Dn:].transpose(1, 0, 2), cos, sin).transpose(1, 0, 2)
     kv = _linear(x, w.kv_a_proj_with_mqa, w.kv_a_proj_with_mqa_bias)           # (T, Ckv+Dr)
-    c_kv = rms_norm(kv[:, :Ckv], w.kv_a_layernorm, LATENT_NORM_EPS)           # (T, Ckv)
-    k_rope = apply_rope_interleaved(kv[:, Ckv:], cos, sin)                    # (T, Dr)
+    c_kv = norm(kv[:, :Ckv], w.kv_a_layernorm, LATENT_NORM_EPS)               # (T, Ckv)
+    k_rope = rope(kv[:, Ckv:], cos, sin)                                      # (T, Dr)
     return q_nope, q_rope, c_kv, k_rope
 
 
@@ -194,10 +196,10 @@ def attend_blocked(q_nope, q_rope, c_kv, k_rope, w: MLAWeights, cfg: TextConfig,
 
 
 def mla(x, w: MLAWeights, cfg: TextConfig, cos, sin, scale, cache: LatentCache, absorbed=False,
-        attend=None):  # (T, D) -> (T, D)
+        attend=None, norm=rms_norm, rope=apply_rope_interleaved):  # (T, D) -> (T, D)
     """One MLA block: project the new tokens, append their latents to the cache, attend over all of it
-    (blocked, unless `attend` is another function of attend_naive's signature)."""
-    q_nope, q_rope, c_kv, k_rope = project(x, w, cfg, cos, sin)
+    (blocked, unless `attend` is another function of attend_naive's signature; `norm`, `rope`: see project)."""
+    q_nope, q_rope, c_kv, k_rope = project(x, w, cfg, cos, sin, norm, rope)
     c_all, k_all = cache.append(c_kv, k_rope)                                  # (S, Ckv), (S, Dr)
     attend = attend or partial(attend_blocked, absorbed=absorbed)
     return _linear(attend(q_nope, q_rope, c_all, k_all, w, cfg, scale), w.o_proj, w.o_proj_bias)   # (T, D)

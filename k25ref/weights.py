@@ -9,7 +9,7 @@ validates against it (headers only, before any data is read), `make-tiny` writes
 read on first use: BF16 widened exactly to float32, INT4 experts kept packed. The cache and the reader live in
 k25ref/streaming.py.
 """
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -250,6 +250,16 @@ class ExpertStack:
                      for j, w in enumerate(expert))
 
 
+@dataclass(frozen=True)
+class LayerWeights:
+    """What decoder layer i reads besides its routed experts, in the form a forward pass takes it."""
+    input_layernorm: np.ndarray             # (D,)
+    attention: MLAWeights
+    post_attention_layernorm: np.ndarray    # (D,)
+    mlp: tuple                              # (gate_proj, up_proj, down_proj): the dense FFN, or the shared expert(s)
+    router: tuple | None = None             # (gate (E, D), e_score_correction_bias (E,)) on MoE layers
+
+
 class Weights:
     """Weights of one checkpoint by concept, read on first use (pread) and kept in `cache`.
 
@@ -335,6 +345,14 @@ class Weights:
         names = ("gate_proj", "up_proj", "down_proj")
         return self.held((prefix, ops and ops.bf16_matmul), lambda: tuple(self.matrix(f"{prefix}{n}.weight", ops)
                                                                            for n in names))
+
+    def layer(self, i, ops=None):  # -> LayerWeights (see matrix() for ops; held: made once)
+        """Layer i's dense weights in one bundle, looked up once: a decoded token does no name lookups."""
+        p, moe = layer_prefix(i), self.cfg.text.is_moe_layer(i)
+        return self.held((p, "layer", ops and ops.bf16_matmul), lambda: LayerWeights(
+            self.f32(f"{p}input_layernorm.weight"), self.attention(i, ops),
+            self.f32(f"{p}post_attention_layernorm.weight"),
+            self.mlp(f"{p}mlp.shared_experts." if moe else f"{p}mlp.", ops), self.router(i) if moe else None))
 
     def router(self, i):  # -> (E, D), (E,)
         p = f"{layer_prefix(i)}mlp.gate."

@@ -23,7 +23,7 @@ from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_prod
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
 from k25ref.kernels.mla_decode import _mla_absorbed_loops, attend_absorbed, mla_absorbed_numba
 from k25ref import mla
-from k25ref.kernels import mla_blocked, mla_decode
+from k25ref.kernels import mla_blocked, mla_decode, moe_route, rms_norm
 from k25ref.kernels.moe_experts import (gather_experts, _group_by_expert_loops, _moe_experts_loops, _silu_loops,
                                         moe_experts, moe_experts_numba, silu_numba)
 from k25ref.kernels.expf import _exp_loops, exp_numba
@@ -499,11 +499,11 @@ def test_vision_block_matches_reference(rng):
 def test_warmup_compiles_every_kernel():
     names = set(warmup())
     assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows", "layer_norm",
-                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved", "online_softmax"}
+                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved", "online_softmax", "moe_route", "rms_norm"}
     for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, mla_blocked.online_softmax_numba,
                    moe_experts_numba,
                    softmax_rows_numba, vb.layer_norm_numba, vb.bias_gelu_tanh_numba, vb.gelu_erf_numba,
-                   vb.rope_interleaved_numba):
+                   vb.rope_interleaved_numba, moe_route.select_numba, rms_norm.rms_norm_numba):
         if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
             assert kernel.targetoptions["fastmath"] == FASTMATH
             assert kernel.signatures, f"{kernel} was not compiled by warmup()"

@@ -173,10 +173,11 @@ def warmup():
 
     Returns {kernel name: seconds}: the first-call cost a later run no longer pays.
     """
-    from k25ref.kernels import (bf16_matvec, int4_matvec, mla_blocked, mla_decode, moe_experts, vision_attention,
-                                vision_block)
+    from k25ref.kernels import (bf16_matvec, int4_matvec, mla_blocked, mla_decode, moe_experts, moe_route, rms_norm,
+                                vision_attention, vision_block)
     seconds = {}
-    for module in (int4_matvec, bf16_matvec, mla_decode, mla_blocked, moe_experts, vision_attention, vision_block):
+    for module in (int4_matvec, bf16_matvec, mla_decode, mla_blocked, moe_experts, moe_route, rms_norm,
+                   vision_attention, vision_block):
         for name, call in module.warmup_calls():
             t0 = time.perf_counter()
             call()
