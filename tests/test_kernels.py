@@ -562,3 +562,19 @@ def test_512_bit_vectors_only_on_avx512_hosts_the_user_left_alone(monkeypatch, h
     monkeypatch.setattr(llvmlite.binding, "get_host_cpu_features", lambda: _Features(host))
     kernels.prefer_512_bit_vectors()
     assert config.CPU_FEATURES == want
+
+
+@pytest.mark.skipif(not compiled(), reason="the intrinsic exists only compiled")
+def test_prefetch_that_does_not_compile_falls_back_to_nothing(monkeypatch, caplog):
+    """An LLVM (or llvmlite) that rejects llvm.prefetch leaves a prefetch that does nothing, with a warning,
+    instead of failing every kernel that inlines it."""
+    from llvmlite import ir
+    from k25ref import kernels
+
+    def reject(*args, **kwargs):
+        raise NotImplementedError("no llvm.prefetch here")
+    monkeypatch.setattr(ir.Module, "declare_intrinsic", reject)
+    monkeypatch.setattr(kernels, "CACHE", False)                  # compile now, not from the cache
+    fallback = kernels._prefetch_compiled()
+    assert fallback.py_func is kernels._prefetch_python and "did not compile" in caplog.text
+    fallback(np.zeros(16, np.int32), 3)

@@ -23,6 +23,7 @@ Policy, in one place:
   is set: LLVM's tuning would keep numba's loops at 256 bits.
 - NUMBA_DISABLE_JIT=1 runs every loop body as Python: slow, but with real tracebacks.
 """
+import logging
 import os
 import time
 
@@ -162,7 +163,13 @@ def _prefetch_compiled():
             return context.get_dummy_value()
         return numba.types.void(a, i), codegen
 
-    return jit(lambda a, i: llvm_prefetch(a, i))
+    kernel = jit(lambda a, i: llvm_prefetch(a, i))
+    try:                                    # compiled (or read from the cache) here, before any loop inlines it:
+        kernel(np.zeros(16, np.int32), 0)   # an LLVM that rejects the intrinsic then costs the prefetching only
+    except Exception as error:              # (a hint: the loops compute the same without it), not the kernels
+        logging.getLogger("k25ref").warning("llvm.prefetch did not compile (%s); kernels run without it", error)
+        return jit(_prefetch_python)
+    return kernel
 
 
 prefetch = _prefetch_compiled() if compiled() else _prefetch_python
