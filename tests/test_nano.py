@@ -303,6 +303,32 @@ def test_varied_scenes_draw_tiny_frames_small_objects_and_pairs_often():
     assert 80 <= sum(r < 12.5 for r in radii) <= 160 and min(radii) >= 7.0
 
 
+def test_by_style_records_heldout_draws_without_changing_them(tmp_path):
+    """tools/nano_failures.py --by-style notes each held-out draw's frame, background and object sizes; the
+    draws, and the random stream after them, are those of eval-nano."""
+    from k25ref import nano_eval, shapes_eval
+    sys.path.insert(0, TOOLS)
+    import nano_failures
+    for kind in ("image", "video"):
+        for k in range(6):
+            plain, noted = (np.random.default_rng([77, k]) for _ in range(2))
+            a = nano_eval.draw(kind, "held-out", plain, str(tmp_path))
+            with nano_failures.recording({}) as scene:
+                b = nano_eval.draw(kind, "held-out", noted, str(tmp_path))
+            assert a[1] == b[1] and plain.random() == noted.random()
+            if kind == "image":
+                assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+            assert scene["frame"] in shapes_eval.FRAMES and scene["background"] in shapes_eval.BACKGROUNDS
+            assert len(scene["sizes"]) == len(b[2]) and min(scene["sizes"]) >= 3
+            groups = dict(nano_failures.groups(kind, scene, b[0], 1))
+            assert groups["smallest object"] == nano_failures.size_bin(min(scene["sizes"]))
+    assert shapes_eval.frame_size.__name__ == "frame_size"                   # restored on leaving
+    table = {"image": {"all": {"all": [3, 4]}, "frame": {"tiny": [1, 2], "wide": [2, 2]}}}
+    other = {"image": {"all": {"all": [1, 4]}, "frame": {"tiny": [0, 2], "wide": [1, 2]}}}
+    text = nano_failures.markdown({"A": table, "B": other}, ["A", "B"])
+    assert "| images | frame | tiny (n=2) | 50% | 0% |" in text and "| images | all | all (n=4) | 75% | 25% |" in text
+
+
 def test_heldout_coverage_is_the_shape_geometry():
     """The held-out rasteriser covers the area of the shape it names, centred where asked."""
     from k25ref import shapes_eval
