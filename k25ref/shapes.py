@@ -15,7 +15,8 @@ pixels: nothing about the caption can be guessed from the image geometry. Everyt
 from a `numpy.random.Generator`, so a seed fixes a data set exactly.
 
 `varied_image` / `varied_video` draw the same grammar with everything incidental drawn wider (frame shapes,
-backgrounds, looks, file passes, 1-10 fps clips of 1-4 chunks) for training; `k25ref.shapes_eval` draws it
+tiny frames and small objects most, flat to textured backgrounds, looks, file passes, 1-10 fps clips of 1-4
+chunks) for training; `k25ref.shapes_eval` draws it
 with code of its own, for evaluation only.
 
 `parse_caption` reads a caption back into objects; `score_caption` compares a generated caption with the
@@ -203,7 +204,9 @@ def score_caption(predicted, truth):
 
 
 FRAME_FAMILIES = ("square", "wide", "tall", "tiny", "any")
+FRAME_WEIGHTS = (0.2, 0.15, 0.15, 0.3, 0.2)                 # tiny frames are the hardest to read: drawn most
 FRAME_RATES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)     # clip frame rates: 100 ms - 1 s per frame
+P_SMALL_OBJECT = 0.3                                        # share of objects 7-12% of the short side
 
 
 def varied_size(rng, large, video=False):
@@ -211,7 +214,7 @@ def varied_size(rng, large, video=False):
     side (224 for clips), small ones up to 160 (112 for clips)."""
     top = (224 if video else 320) if large else (112 if video else 160)
     lo = 112 if large else 40
-    family = rng.choice(FRAME_FAMILIES)
+    family = rng.choice(FRAME_FAMILIES, p=FRAME_WEIGHTS)
     if family == "tiny" and not large:
         return int(rng.integers(36, 57)), int(rng.integers(36, 57))
     short = int(rng.integers(lo, max(lo + 1, top // (1 if family in ("square", "tiny") else 2)) + 1))
@@ -219,6 +222,13 @@ def varied_size(rng, large, video=False):
         return short, short
     long_ = int(rng.integers(min(top, int(1.4 * short)), top + 1)) if family != "any" else int(rng.integers(lo, top + 1))
     return (long_, short) if family in ("wide", "any") else (short, long_)
+
+
+def varied_radius(rng, size, lo, hi):
+    """An object's 'radius' in pixels: a share in [lo, hi] of the frame's short side, or, P_SMALL_OBJECT of
+    the time, a small object of 7-12% of it (never under 3 px)."""
+    share = rng.uniform(0.07, 0.12) if rng.random() < P_SMALL_OBJECT else rng.uniform(lo, hi)
+    return max(3.0, min(size) * share)
 
 
 def _far_colour(rng, colours, min_dist=140):
@@ -229,14 +239,66 @@ def _far_colour(rng, colours, min_dist=140):
     return (30, 30, 30)
 
 
-def varied_background(rng, colours, size):
-    """Flat, gradient, stripes, checks or blotches in two colours far from the objects', then pixel noise
-    (Pillow throughout)."""
+BACKGROUNDS = ("flat", "gradient", "stripes", "checks", "blotches", "octaves", "marble", "rings")
+BACKGROUND_WEIGHTS = (0.1, 0.1, 0.08, 0.17, 0.1, 0.15, 0.15, 0.15)   # checks and textures drawn most
+
+
+def _octaves(rng, size, octaves):
+    """size (W, H) -> [H, W] float in 0..1: random grids of 2, 4, 8, ... cells smoothed up to the frame,
+    each octave half the weight of the one before (fractal noise)."""
+    W, H = size
+    total, cells = np.zeros((H, W), np.float32), int(rng.integers(2, 4))
+    for k in range(octaves):
+        grid = rng.random((cells << k, cells << k)).astype(np.float32)
+        total += np.asarray(Image.fromarray(grid, "F").resize(size, Image.BICUBIC)) / 2 ** k
+    total -= total.min()
+    return total / max(float(total.max()), 1e-6)
+
+
+def _texture(rng, kind, size):
+    """size (W, H) -> [H, W] float in 0..1: fractal noise ("octaves"), veins ("marble": a sine across the
+    frame bent by noise) or wood rings ("rings": a sine of the distance from a centre, bent by noise)."""
+    W, H = size
+    noise = _octaves(rng, size, int(rng.integers(2, 6)))
+    if kind == "octaves":
+        return noise
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32) / max(size)
+    if kind == "marble":
+        angle = rng.uniform(0, np.pi)
+        phase = (xs * np.cos(angle) + ys * np.sin(angle)) * rng.uniform(4, 30)
+    else:
+        phase = np.hypot(xs - rng.uniform(-0.5, 1.5), ys - rng.uniform(-0.5, 1.5)) * rng.uniform(15, 70)
+    wave = 0.5 + 0.5 * np.sin(phase + rng.uniform(2, 8) * noise)
+    return wave ** rng.uniform(0.3, 3.0)                                     # thin or broad veins
+
+
+def _checks(rng, size):
+    """An L mask of checks or stripes of a 2-40 px step, turned now and then."""
+    W, H = size
+    side, step = 2 * max(size), int(rng.integers(2, 41))
+    turn = rng.random() < 0.4
+    mask = np.indices((side if turn else H, side if turn else W)) // step
+    mask = Image.fromarray(np.where(mask.sum(0) % 2 == 1, 255, 0).astype(np.uint8), "L")
+    if turn:
+        mask = mask.rotate(float(rng.uniform(0, 90)))
+        mask = mask.crop((side // 4, side // 4, side // 4 + W, side // 4 + H))
+    return mask
+
+
+def varied_background(rng, colours, size, kind=None):
+    """Flat, gradient, stripes, checks (2-40 px, some turned), blotches, or a texture (fractal noise,
+    marble veins, wood rings) in colours far from the objects', then pixel noise (Pillow and NumPy).
+    kind: one of BACKGROUNDS, or None to draw one."""
     W, H = size
     a, b = _far_colour(rng, colours), _far_colour(rng, colours)
-    kind = rng.choice(["flat", "gradient", "stripes", "checks", "blotches"])
+    kind = kind or rng.choice(BACKGROUNDS, p=BACKGROUND_WEIGHTS)
     if kind == "flat":
         image = Image.new("RGB", size, a)
+    elif kind in ("octaves", "marble", "rings"):
+        stops = np.array([a, b, _far_colour(rng, colours)], np.float32)   # a three-colour ramp
+        t = _texture(rng, kind, size)
+        image = Image.fromarray(np.stack([np.interp(t, (0, 0.5, 1), stops[:, c]) for c in range(3)], -1)
+                                .astype(np.uint8), "RGB")
     else:
         if kind == "gradient":
             side = 2 * max(size)                                             # turn, then keep the middle
@@ -245,14 +307,14 @@ def varied_background(rng, colours, size):
         elif kind == "blotches":
             cells = rng.integers(0, 256, (int(rng.integers(2, 9)), int(rng.integers(2, 9))), dtype=np.uint8)
             mask = Image.fromarray(cells, "L").resize(size, Image.BICUBIC)
+        elif kind == "checks":
+            mask = _checks(rng, size)
         else:
             mask = Image.new("L", size, 0)
             draw, step = ImageDraw.Draw(mask), int(rng.integers(3, 24))
-            for y in range(0, H, step):
-                for x in range(0, W, step):
-                    if (kind == "stripes" and (x // step) % 2) or (kind == "checks" and (x // step + y // step) % 2):
-                        draw.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
-            if kind == "stripes" and rng.random() < 0.5:
+            for x in range(0, W, 2 * step):
+                draw.rectangle((x + step, 0, x + 2 * step - 1, H), fill=255)
+            if rng.random() < 0.5:
                 mask = mask.transpose(Image.Transpose.ROTATE_90).resize(size)
         image = Image.composite(Image.new("RGB", size, b), Image.new("RGB", size, a), mask)
     noise = int(rng.integers(0, 30))
@@ -275,7 +337,8 @@ class Look:
         style = rng.random()
         outline = None if style < 0.55 else tuple(int(v) for v in (rng.integers(0, 60, 3) if style < 0.8
                                                                     else np.array(fill) // 2))
-        return cls(fill, outline, int(rng.integers(1, max(2, int(r / 6)) + 1)), float(rng.uniform(-0.2, 0.2)))
+        width = int(rng.integers(1, max(1, int(r / 6)) + 1))                  # 1 px on objects under 12 px
+        return cls(fill, outline, width, float(rng.uniform(-0.2, 0.2)))
 
 
 def _paint(draw, shape, look, cx, cy, r):
@@ -305,13 +368,13 @@ def _degrade(rng, image):
 def varied_image(rng, large=False):
     """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files."""
     size = varied_size(rng, large)
-    n = 1 if rng.random() < 0.5 else 2
+    n = 1 if rng.random() < 0.4 else 2                                      # two objects are harder: 60%
     names = list(POSITIONS)
     objects = [_random_object(rng, position=names[k]) for k in sorted(rng.choice(len(names), n, replace=False))]
     image = varied_background(rng, [o.colour for o in objects], size)
     draw = ImageDraw.Draw(image)
     for o in objects:
-        r = min(size) * (rng.uniform(0.1, 0.32) if n == 1 else rng.uniform(0.09, 0.19))
+        r = varied_radius(rng, size, *((0.1, 0.32) if n == 1 else (0.09, 0.19)))
         _paint(draw, o.shape, Look.random(rng, o.colour, r), *_centre(rng, o.position, size, r, jitter=0.07), r)
     return _degrade(rng, image), caption(objects), objects
 
@@ -326,7 +389,7 @@ def varied_video(rng, large=False):
     chunks = rng.choice([1, 2, 3, 4], p=[0.4, 0.35, 0.15, 0.1])
     kept = int(rng.integers(max(2, 4 * chunks - 3), 4 * chunks + 1))
     n = max(2, int(round(kept * fps / min(fps, 2.0))))
-    r = min(size) * rng.uniform(0.1, 0.22)
+    r = varied_radius(rng, size, 0.1, 0.22)
     look = Look.random(rng, o.colour, r)
     dx, dy = DIRECTIONS[o.direction]
     travel = rng.uniform(0.35, 0.7)

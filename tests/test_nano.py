@@ -270,6 +270,65 @@ def test_varied_scenes_follow_the_grammar():
     assert chunks == {1, 2, 3, 4}
 
 
+@pytest.mark.parametrize("kind", shapes.BACKGROUNDS)
+def test_varied_backgrounds_are_seeded_and_leave_objects_visible(kind):
+    """Every background style is fixed by its seed, and an object painted on it, small or large, in any
+    colour, differs from the background under it."""
+    from PIL import Image, ImageDraw
+    size = (72, 48)
+    a, b = (shapes.varied_background(np.random.default_rng(5), ["red"], size, kind) for _ in range(2))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    rng = np.random.default_rng(6)
+    for colour in shapes.COLOURS:
+        for shape in shapes.SHAPES:
+            for r in (3.0, 12.0):
+                background = shapes.varied_background(rng, [colour], size, kind)
+                look = shapes.Look.random(rng, colour, r)
+                image, mask = background.copy(), Image.new("L", size, 0)
+                shapes._paint(ImageDraw.Draw(image), shape, look, 36.0, 24.0, r)
+                shapes._paint(ImageDraw.Draw(mask), shape, shapes.Look(255, None, 0, look.angle), 36.0, 24.0, r)
+                inside = np.asarray(mask) > 0
+                diff = np.abs(np.asarray(image, float) - np.asarray(background, float)).sum(-1)[inside]
+                assert inside.sum() >= 9 and diff.mean() > 60, (colour, shape, r, diff.mean())
+
+
+def test_varied_scenes_draw_tiny_frames_small_objects_and_pairs_often():
+    """The training scenes put weight where held-out captions fail: tiny frames, small objects, two objects."""
+    rng = np.random.default_rng(11)
+    scenes = [shapes.varied_image(rng) for _ in range(200)]
+    tiny = sum(max(image.size) <= 56 for image, _, _ in scenes)
+    pairs = sum(len(objects) == 2 for _, _, objects in scenes)
+    assert tiny >= 40 and pairs >= 100, (tiny, pairs)
+    radii = [shapes.varied_radius(rng, (100, 100), 0.2, 0.3) for _ in range(400)]
+    assert 80 <= sum(r < 12.5 for r in radii) <= 160 and min(radii) >= 7.0
+
+
+def test_by_style_records_heldout_draws_without_changing_them(tmp_path):
+    """tools/nano_failures.py --by-style notes each held-out draw's frame, background and object sizes; the
+    draws, and the random stream after them, are those of eval-nano."""
+    from k25ref import nano_eval, shapes_eval
+    sys.path.insert(0, TOOLS)
+    import nano_failures
+    for kind in ("image", "video"):
+        for k in range(6):
+            plain, noted = (np.random.default_rng([77, k]) for _ in range(2))
+            a = nano_eval.draw(kind, "held-out", plain, str(tmp_path))
+            with nano_failures.recording({}) as scene:
+                b = nano_eval.draw(kind, "held-out", noted, str(tmp_path))
+            assert a[1] == b[1] and plain.random() == noted.random()
+            if kind == "image":
+                assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+            assert scene["frame"] in shapes_eval.FRAMES and scene["background"] in shapes_eval.BACKGROUNDS
+            assert len(scene["sizes"]) == len(b[2]) and min(scene["sizes"]) >= 3
+            groups = dict(nano_failures.groups(kind, scene, b[0], 1))
+            assert groups["smallest object"] == nano_failures.size_bin(min(scene["sizes"]))
+    assert shapes_eval.frame_size.__name__ == "frame_size"                   # restored on leaving
+    table = {"image": {"all": {"all": [3, 4]}, "frame": {"tiny": [1, 2], "wide": [2, 2]}}}
+    other = {"image": {"all": {"all": [1, 4]}, "frame": {"tiny": [0, 2], "wide": [1, 2]}}}
+    text = nano_failures.markdown({"A": table, "B": other}, ["A", "B"])
+    assert "| images | frame | tiny (n=2) | 50% | 0% |" in text and "| images | all | all (n=4) | 75% | 25% |" in text
+
+
 def test_heldout_coverage_is_the_shape_geometry():
     """The held-out rasteriser covers the area of the shape it names, centred where asked."""
     from k25ref import shapes_eval

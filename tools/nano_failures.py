@@ -1,22 +1,37 @@
-"""Pictures of the nano's wrong captions on the held-out generator (k25ref.shapes_eval), for docs/nano.md.
+"""Where the nano's held-out captions (k25ref.shapes_eval) go wrong, for docs/nano.md: pictures, or a table.
 
     python tools/nano_failures.py [--model k25ref/assets/nano] [--n 8] [--png docs/figures/nano_failures.png]
+    python tools/nano_failures.py --by-style --seed 5150 [--images 300] [--videos 0] --model A [--model B ...]
 
 Draws held-out images and clips in the order `k25ref eval-nano` does (same seed streams), captions them with
 k25ref, and shows the first `--n` whose caption is not exact: the picture (a clip as its first, middle and
 last frame, read back from its GIF/MP4 file), the truth and the model's caption.
+
+--by-style captions `--images` images and `--videos` clips instead and prints, as a Markdown table with one
+column per model, the exact-caption rate by frame family, background, number of objects, smallest object
+(half-extent in pixels), and for clips file format and chunks. The held-out generator keeps no record of
+those draws, so `recording` notes the arguments its drawing functions are called with (the draws
+themselves are unchanged). Pass `--seed` other than eval-nano's, so that what is studied is not what the
+tables report.
 """
 import argparse
+import contextlib
+import json
 import os
 import sys
 import tempfile
 import textwrap
+from collections import defaultdict
+from unittest import mock
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from k25ref import nano_eval, shapes  # noqa: E402
+from k25ref import nano_eval, shapes, shapes_eval  # noqa: E402
+from k25ref.progress import bar  # noqa: E402
+
+SIZES = (("< 8 px", 8), ("8-12 px", 12), ("12-20 px", 20), (">= 20 px", float("inf")))   # half-extents
 
 
 def clip_strip(path):  # a GIF/MP4 -> (H, 3W + gaps, 3) uint8: first, middle and last frame
@@ -44,6 +59,79 @@ def failures(model, tok, n, max_tries, seed, folder):
     return found
 
 
+@contextlib.contextmanager
+def recording(scene):
+    """While active, shapes_eval's draws note in the dict `scene` the frame family and background kind they
+    pick and every object's half-extent ("sizes"), by wrapping the functions they call with those choices."""
+    frame_size, background, painter = shapes_eval.frame_size, shapes_eval.background, shapes_eval.Painter.__init__
+
+    def note_frame(rng, family, video=False):
+        scene["frame"] = str(family)
+        return frame_size(rng, family, video)
+
+    def note_background(rng, H, W, avoid, kind):
+        scene["background"] = str(kind)
+        return background(rng, H, W, avoid, kind)
+
+    def note_object(self, rng, obj, size):
+        scene.setdefault("sizes", []).append(float(size))
+        painter(self, rng, obj, size)
+
+    with mock.patch.object(shapes_eval, "frame_size", note_frame), \
+            mock.patch.object(shapes_eval, "background", note_background), \
+            mock.patch.object(shapes_eval.Painter, "__init__", note_object):
+        yield scene
+
+
+def size_bin(half_extent):
+    return next(label for label, below in SIZES if half_extent < below)
+
+
+def value_order(item):  # sizes small to large, other values alphabetically
+    labels = [label for label, _ in SIZES]
+    return (labels.index(item[0]) if item[0] in labels else 0, item[0])
+
+
+def groups(kind, scene, sample, chunks):
+    """-> [(group, value)] a captioned sample falls in."""
+    out = [("frame", scene["frame"]), ("background", scene["background"]),
+           ("smallest object", size_bin(min(scene["sizes"])))]
+    if kind == "image":
+        return [("objects", str(len(scene["sizes"])))] + out
+    return out + [("file", os.path.splitext(sample[0])[1][1:]), ("chunks", "1" if chunks == 1 else "2-4")]
+
+
+def by_style(model, tok, n_images, n_videos, seed):
+    """-> {kind: {group: {value: [exact, n]}}} over held-out images and clips drawn as eval-nano draws them."""
+    table = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, n in (("image", n_images), ("video", n_videos)):
+            rng, rows = nano_eval.eval_rng(seed, kind, "held-out"), defaultdict(lambda: defaultdict(lambda: [0, 0]))
+            for _ in bar(range(n), desc=f"held-out {kind}s by style", unit=kind):
+                with recording({}) as scene:
+                    sample, _, truth = nano_eval.draw(kind, "held-out", rng, folder)
+                got, chunks = nano_eval.caption(model, tok, kind, sample)
+                exact = int(shapes.score_caption(got, truth)["exact"])
+                for group, value in [("all", "all")] + groups(kind, scene, sample, chunks):
+                    rows[group][value][0] += exact
+                    rows[group][value][1] += 1
+            if n:
+                table[kind] = {g: dict(sorted(v.items(), key=value_order)) for g, v in rows.items()}
+    return table
+
+
+def markdown(tables, names):
+    """{name: by_style table} -> a Markdown table: exact-caption rate (n) per group value, a column per model."""
+    first = tables[names[0]]
+    lines = ["| held-out | group | value | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for kind in first:
+        for group, values in first[kind].items():
+            for value, (_, n) in values.items():
+                cells = [f"{tables[m][kind][group][value][0] / n:.0%}" for m in names]
+                lines.append(f"| {kind}s | {group} | {value} (n={n}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(found, png):
     import matplotlib
     matplotlib.use("Agg")
@@ -65,7 +153,13 @@ def plot(found, png):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=nano_eval.NANO_PATH)
+    p.add_argument("--model", action="append", help="model folder (repeat with --by-style for more columns; "
+                   "default k25ref/assets/nano)")
+    p.add_argument("--by-style", action="store_true", help="print exact captions by frame, background, objects "
+                   "and object size as a Markdown table instead of drawing failures")
+    p.add_argument("--images", type=int, default=300, help="held-out images to caption with --by-style")
+    p.add_argument("--videos", type=int, default=0, help="held-out clips to caption with --by-style")
+    p.add_argument("--json", help="with --by-style, also write the counts to this .json file")
     p.add_argument("--n", type=int, default=8, help="wrong captions to show")
     p.add_argument("--tries", type=int, default=600, help="samples to caption at most")
     p.add_argument("--seed", type=int, default=nano_eval.EVAL_SEED)
@@ -73,7 +167,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     from k25ref.model import load_model
     from k25ref.tokenizer import Tokenizer
-    model, tok = load_model(args.model), Tokenizer.from_pretrained(args.model)
+    names = args.model or [nano_eval.NANO_PATH]
+    if args.json and os.path.exists(args.json):
+        p.error(f"--json {args.json}: exists; give a new file name")
+    if args.by_style:
+        tables = {m: by_style(load_model(m), Tokenizer.from_pretrained(m), args.images, args.videos, args.seed)
+                  for m in names}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"seed": args.seed, "tables": tables}, f, indent=1)
+        print(markdown(tables, names))
+        return
+    model, tok = load_model(names[0]), Tokenizer.from_pretrained(names[0])
     with tempfile.TemporaryDirectory() as folder:
         found = failures(model, tok, args.n, args.tries, args.seed, folder)
         plot(found, args.png)
