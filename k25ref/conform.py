@@ -373,11 +373,12 @@ class LlamaCpp:
     def __init__(self, gguf_path, cfg, inputs, threads=None, kv_cache="f16"):
         longest = max([*inputs["lengths"], len(inputs["greedy_prompt"]) + inputs.get("greedy_new", 0)])
         self.llm = open_llama(gguf_path, max(64, longest + 8), threads, kv_cache)   # room for every input
-        self.llama_cpp, self.kv_cache = __import__("llama_cpp"), kv_cache
+        self.kv_cache = kv_cache
         self.taps = LlamaCppTaps(self.llm, cfg)
 
     def versions(self):
-        return {"llama_cpp_python": self.llama_cpp.__version__, "kv_cache": self.kv_cache}
+        import llama_cpp                                                  # importable: open_llama checked
+        return {"llama_cpp_python": llama_cpp.__version__, "kv_cache": self.kv_cache}
 
     def forward(self, ids):
         self.llm.reset()

@@ -15,11 +15,17 @@ from k25ref.config import TextConfig
 from k25ref.nn import sigmoid, swiglu
 
 
+def router_logits(u, gate_weight):  # (T, D), (E, D) -> (T, E) float32
+    """u_t . e_i, the router's product in float32 [DSV3 eq. 15]; no copy of an operand already float32
+    (the gate is (E, D): 11 MB per layer at K2.5's shapes)."""
+    return u.astype(np.float32, copy=False) @ gate_weight.astype(np.float32, copy=False).T
+
+
 def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), (E,) -> (T, A) int64, (T, A) float32
     """Choose A experts per token and their mixing weights. Indices are ordered best-first by s + b."""
     E, A, G, Gk = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group
     T = u.shape[0]
-    s = sigmoid(u.astype(np.float32) @ gate_weight.astype(np.float32).T)       # (T, E)   router in float32
+    s = sigmoid(router_logits(u, gate_weight))                                 # (T, E)   router in float32
     choice = s + correction_bias                                               # (T, E)   bias only for choosing
     grouped = choice.reshape(T, G, E // G)                                     # (T, G, E/G)
     group_score = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)             # (T, G)   sum of each group's top 2

@@ -18,6 +18,7 @@ import numpy as np
 
 from k25ref.config import TextConfig
 from k25ref.kernels import jit
+from k25ref.moe import router_logits
 
 
 def _select_loops(logits, bias, G, Gk, normalize, scale, idx, g):
@@ -65,7 +66,7 @@ select_numba = jit(_select_loops)
 
 def route(u, gate_weight, correction_bias, cfg: TextConfig):  # (T, D), (E, D), (E,) -> (T, A) int64, (T, A) float32
     """k25ref.moe.route with the selection in this kernel: the same product, indices and weights."""
-    logits = u.astype(np.float32) @ gate_weight.astype(np.float32).T           # (T, E)   as the reference
+    logits = router_logits(u, gate_weight)                                      # (T, E)   as the reference
     T, A = u.shape[0], cfg.num_experts_per_tok
     idx, g = np.empty((T, A), np.int64), np.empty((T, A), np.float32)
     select_numba(logits, np.ascontiguousarray(correction_bias, np.float32), cfg.n_group, cfg.topk_group,
