@@ -152,3 +152,21 @@ def test_help_names_the_engines_and_configs():
     for word in ("llama.cpp", "k25ref-api", "h768-e48", "h512-e32", "--profile", "min-max", "1,2"):
         assert word in r.stdout, word
     assert np.all([len(line) <= 120 for line in r.stdout.splitlines()])
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("bench_moe_kernel.py", ["--tokens", "1,0"], "--tokens: '0' must be at least 1"),
+    ("bench_moe_kernel.py", ["--rounds", "nan"], "--rounds: 'nan' is not a whole number"),
+    ("bench_moe_kernel.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
+    ("bench_moe_kernel.py", ["--base", "no-such-revision"], "--base no-such-revision:"),
+    ("nano_failures.py", ["--by-style", "--images", "0"], "not both 0"),
+    ("nano_failures.py", ["--by-style", "--images", "-1"], "--images -1"),
+    ("nano_failures.py", ["--by-style", "--model", "/nonexistent", "--images", "1"], "/nonexistent"),
+    ("nano_failures.py", ["--n", "0"], "--n: '0' must be at least 1"),
+])
+def test_tools_bad_options_are_one_line_usage_errors(tool, args, message):
+    """The speed and nano tools beside `k25ref bench` answer bad options as it does: one line, exit 2."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("k25ref: error:") and message in r.stderr, r.stderr

@@ -16,7 +16,6 @@ the thread waits for a core is left out, what the code costs stays in. Run with 
 kernels then run on the calling thread). --base REV: kernels/int4_matvec.py and kernels/moe_experts.py are
 taken from git at REV, into a temporary folder, and compiled there.
 """
-import argparse
 import importlib
 import os
 import subprocess
@@ -25,6 +24,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from k25ref.options import ArgumentParser, lengths_arg, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E, A, D, F, G, LAYERS = 64, 8, 1024, 512, 32, 7          # tools/bench.py's small
@@ -108,15 +109,22 @@ def model_rounds(kernels, path, rounds):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="HEAD", help="git revision whose kernels are the 'old' ones (default: HEAD)")
-    ap.add_argument("--tokens", default="1,128", help="comma-separated T of the kernel calls (default: 1,128)")
-    ap.add_argument("--rounds", type=int, default=21, help="old/new pairs per T (default: 21)")
+    ap.add_argument("--tokens", type=lengths_arg, default="1,128",
+                    help="comma-separated T of the kernel calls (default: 1,128)")
+    ap.add_argument("--rounds", type=positive_int, default=21, help="old/new pairs per T (default: 21)")
     ap.add_argument("--model", help="a checkpoint folder: time the whole model's prompt and decode steps instead")
     a = ap.parse_args()
+    if a.model and not os.path.isfile(os.path.join(a.model, "config.json")):
+        ap.error(f"--model {a.model}: not a checkpoint folder (no config.json)")
     from k25ref.kernels import moe_experts
     with tempfile.TemporaryDirectory() as folder:
-        kernels = {"old": base_kernel(a.base, folder), "new": moe_experts}
+        try:
+            old = base_kernel(a.base, folder)
+        except subprocess.CalledProcessError as e:
+            ap.error(f"--base {a.base}: {e.stderr.strip().splitlines()[-1]}")
+        kernels = {"old": old, "new": moe_experts}
         if a.model:
             runs, total, shares = model_rounds(kernels, a.model, a.rounds)
             print(f"one prompt of 128 with the new kernel, {1e3 * total:.0f} ms (wall clock):")

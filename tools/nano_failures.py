@@ -14,7 +14,6 @@ those draws, so `recording` notes the arguments its drawing functions are called
 themselves are unchanged). Pass `--seed` other than eval-nano's, so that what is studied is not what the
 tables report.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -29,6 +28,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from k25ref import nano_eval, shapes, shapes_eval  # noqa: E402
+from k25ref.errors import K25RefError  # noqa: E402
+from k25ref.options import ArgumentParser, positive_int  # noqa: E402
 from k25ref.progress import bar  # noqa: E402
 
 SIZES = (("< 8 px", 8), ("8-12 px", 12), ("12-20 px", 20), (">= 20 px", float("inf")))   # half-extents
@@ -152,7 +153,7 @@ def plot(found, png):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model folder (repeat with --by-style for more columns; "
                    "default k25ref/assets/nano)")
     p.add_argument("--by-style", action="store_true", help="print exact captions by frame, background, objects "
@@ -160,19 +161,28 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=300, help="held-out images to caption with --by-style")
     p.add_argument("--videos", type=int, default=0, help="held-out clips to caption with --by-style")
     p.add_argument("--json", help="with --by-style, also write the counts to this .json file")
-    p.add_argument("--n", type=int, default=8, help="wrong captions to show")
-    p.add_argument("--tries", type=int, default=600, help="samples to caption at most")
+    p.add_argument("--n", type=positive_int, default=8, help="wrong captions to show")
+    p.add_argument("--tries", type=positive_int, default=600, help="samples to caption at most")
     p.add_argument("--seed", type=int, default=nano_eval.EVAL_SEED)
     p.add_argument("--png", default=os.path.join(ROOT, "docs", "figures", "nano_failures.png"))
     args = p.parse_args(argv)
-    from k25ref.model import load_model
-    from k25ref.tokenizer import Tokenizer
     names = args.model or [nano_eval.NANO_PATH]
     if args.json and os.path.exists(args.json):
         p.error(f"--json {args.json}: exists; give a new file name")
+    if args.by_style and (min(args.images, args.videos) < 0 or args.images + args.videos == 0):
+        p.error(f"--images {args.images} --videos {args.videos}: counts of at least 0, not both 0")
+    try:
+        return run(args, names)
+    except K25RefError as e:                                              # a model folder that is not one
+        p.error(str(e))
+
+
+def run(args, names):
+    from k25ref.model import load_model
+    from k25ref.tokenizer import Tokenizer
     if args.by_style:
-        tables = {m: by_style(load_model(m), Tokenizer.from_pretrained(m), args.images, args.videos, args.seed)
-                  for m in names}
+        models = {m: (load_model(m), Tokenizer.from_pretrained(m)) for m in names}   # every folder read first
+        tables = {m: by_style(*models[m], args.images, args.videos, args.seed) for m in names}
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"seed": args.seed, "tables": tables}, f, indent=1)
