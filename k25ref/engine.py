@@ -185,16 +185,27 @@ def rope_kernel(x, cos, sin):  # (..., T, Dr), (T, Dr/2) -> (..., T, Dr) float32
     return kernel(x.reshape(-1, T, Dr), cos, sin).reshape(x.shape)
 
 
-BLAS_ROWS = 256          # inputs from which a bf16 product widens its matrix and calls BLAS
+BLAS_ROWS = 256          # inputs from which a bf16 product widens its matrix and calls BLAS ...
+SHORT_ROWS = (64, 2)     # ... or from 64 inputs, if a row has at most 2 weights per input (I <= 2 T)
 WIDEN_BYTES = 16 << 20   # float32 bytes of one widened block of rows
 
 
+def blas_pays(T, I):
+    """Whether x W^T for T inputs of length I runs faster widened and through BLAS than through the bf16
+    kernel's 4x4 tiles. A tile's sixteen sums are reduced across the vector lanes at the end of its rows, a
+    fixed cost that short rows do not amortize: BLAS took 0.46-0.51x the kernel's time at 128 inputs of 128
+    weights, 0.66-0.74x at 128 of 256 and 0.65-0.71x at 64 of 128; rows of 384-768 weights gained alone but
+    lost 2-6% of a whole prompt's time, as widening reads each matrix from memory (docs/kernels.md,
+    "Short rows to BLAS")."""
+    least, per_input = SHORT_ROWS
+    return T >= BLAS_ROWS or (T >= least and I <= per_input * T)
+
+
 def bf16_by_rows(raw, x):  # (O, I) uint16, (T, I) -> (T, O) float32
-    """x W^T for a stored bf16 matrix: the bf16 kernel for a few inputs (decoding); for a prompt chunk of
-    BLAS_ROWS inputs or more, the matrix widened exactly a block of rows at a time and multiplied by BLAS,
-    which then beats the kernel's 4x4 tiles (512 inputs, one thread: 1.5-2.5x; at 128 the two were level)."""
+    """x W^T for a stored bf16 matrix: the bf16 kernel for a few inputs (decoding); for a prompt chunk where
+    BLAS pays (`blas_pays`), the matrix widened exactly a block of rows at a time and multiplied by BLAS."""
     from k25ref.kernels.bf16_matvec import bf16_matmul
-    if x.shape[0] < BLAS_ROWS:
+    if not blas_pays(*x.shape):
         return bf16_matmul(raw, x)
     out = np.empty((x.shape[0], raw.shape[0]), np.float32)
     step = max(1, WIDEN_BYTES // (4 * raw.shape[1]))

@@ -100,6 +100,24 @@ def test_bf16_products_by_rows_match_the_widened_reference(T, monkeypatch):
     assert rel_err(engine.bf16_by_rows(raw, x), widened_matmul(raw, x)) < 1e-6
 
 
+def test_prompt_products_with_short_rows_go_to_blas(monkeypatch):
+    """From 64 inputs a product whose rows are short (I <= 2 T) is widened and sent to BLAS, with the same
+    numbers as the kernel's; long rows stay in the kernel below BLAS_ROWS inputs."""
+    from k25ref.checkpoint import f32_to_bf16
+    from k25ref.kernels import bf16_matvec
+    from k25ref.nn import widened_matmul
+    assert engine.blas_pays(64, 128) and engine.blas_pays(128, 256) and engine.blas_pays(256, 7168)
+    assert not engine.blas_pays(64, 129) and not engine.blas_pays(63, 32) and not engine.blas_pays(128, 384)
+    kernel_calls = []
+    monkeypatch.setattr(bf16_matvec, "bf16_matmul", lambda raw, x: kernel_calls.append(x.shape) or 0)
+    rng = np.random.default_rng(0)
+    raw = f32_to_bf16(rng.standard_normal((24, 32), dtype=np.float32))
+    x = rng.standard_normal((64, 32), dtype=np.float32)
+    assert rel_err(engine.bf16_by_rows(raw, x), widened_matmul(raw, x)) < 1e-6 and not kernel_calls
+    engine.bf16_by_rows(raw, x[:63])
+    assert kernel_calls == [(63, 32)]
+
+
 def test_kernels_run_the_decoder_with_blas_on_one_thread(tiny_dir, monkeypatch):
     """The kernels' bundle runs each decoder pass with BLAS on one thread and gives the threads back after;
     the reference's bundle leaves BLAS alone."""

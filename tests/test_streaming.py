@@ -77,6 +77,20 @@ def test_cold_reads_match_the_active_set_and_fall_when_warm(tiny_dir):
     assert model.stats.snapshot()["bytes_read"] == before + row
 
 
+def test_embedding_rows_read_each_row_once_and_nearby_rows_together(tiny_dir, monkeypatch):
+    model = k25ref.load_model(tiny_dir)
+    W, name = model.weights, "language_model.model.embed_tokens.weight"
+    table = W.f32(name)                                      # (V, D), the whole table as float32
+    reads = []
+    read_rows = W.reader.read_rows
+    monkeypatch.setattr(W.reader, "read_rows", lambda n, a, b: reads.append((a, b)) or read_rows(n, a, b))
+    gap = k25ref.weights.EMBED_GAP // (2 * table.shape[1])   # rows of bf16 within one read's reach
+    ids = [4000, 5, 5, 6, 4000, 5 + gap, 9, 7 + 3 * gap]     # repeats, unsorted, one run, two far rows
+    assert np.array_equal(W.embedding_rows(ids), table[ids])
+    assert reads == [(5, 6 + gap), (7 + 3 * gap, 8 + 3 * gap), (4000, 4001)]
+    assert np.array_equal(W.embedding_rows([3]), table[[3]])
+
+
 def test_cache_lru_and_shared_loads():
     cache = WeightCache(budget=24)
     a = cache.get("a", lambda: np.zeros(2, np.float32))     # 8 bytes
