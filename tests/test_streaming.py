@@ -84,7 +84,8 @@ def test_embedding_rows_read_each_row_once_and_nearby_rows_together(tiny_dir, mo
     reads = []
     read_rows = W.reader.read_rows
     monkeypatch.setattr(W.reader, "read_rows", lambda n, a, b: reads.append((a, b)) or read_rows(n, a, b))
-    gap = k25ref.weights.EMBED_GAP // (2 * table.shape[1])   # rows of bf16 within one read's reach
+    monkeypatch.setattr(k25ref.weights, "EMBED_GAP", 4096)
+    gap = 4096 // (2 * table.shape[1])                       # rows of bf16 within one read's reach
     ids = [4000, 5, 5, 6, 4000, 5 + gap, 9, 7 + 3 * gap]     # repeats, unsorted, one run, two far rows
     assert np.array_equal(W.embedding_rows(ids), table[ids])
     assert reads == [(5, 6 + gap), (7 + 3 * gap, 8 + 3 * gap), (4000, 4001)]
