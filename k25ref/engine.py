@@ -194,9 +194,9 @@ def blas_pays(T, I):
     """Whether x W^T for T inputs of length I runs faster widened and through BLAS than through the bf16
     kernel's 4x4 tiles. A tile's sixteen sums are reduced across the vector lanes at the end of its rows, a
     fixed cost that short rows do not amortize: BLAS took 0.46-0.51x the kernel's time at 128 inputs of 128
-    weights, 0.66-0.74x at 128 of 256 and 0.65-0.71x at 64 of 128; rows of 384-768 weights gained alone but
-    lost 2-6% of a whole prompt's time, as widening reads each matrix from memory (docs/kernels.md,
-    "Short rows to BLAS")."""
+    weights, 0.69-0.82x at 128 of 256 and 0.67-0.76x at 64 of 128 (tools/bench_short_rows.py); rows of
+    384-768 weights were mixed alone and cost 1-6% of a whole prompt's time on h512-e32 and h768-e48, as
+    widening reads each matrix from memory (docs/kernels.md, "Short rows to BLAS")."""
     least, per_input = SHORT_ROWS
     return T >= BLAS_ROWS or (T >= least and I <= per_input * T)
 

@@ -159,6 +159,9 @@ def test_help_names_the_engines_and_configs():
     ("bench_moe_kernel.py", ["--rounds", "nan"], "--rounds: 'nan' is not a whole number"),
     ("bench_moe_kernel.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
     ("bench_moe_kernel.py", ["--base", "no-such-revision"], "--base no-such-revision:"),
+    ("bench_short_rows.py", ["--lengths", "128,x"], "--lengths"),
+    ("bench_short_rows.py", ["--rounds", "0"], "--rounds: '0' must be at least 1"),
+    ("bench_short_rows.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
     ("nano_failures.py", ["--by-style", "--images", "0"], "not both 0"),
     ("nano_failures.py", ["--by-style", "--images", "-1"], "--images -1"),
     ("nano_failures.py", ["--by-style", "--model", "/nonexistent", "--images", "1"], "/nonexistent"),
@@ -170,3 +173,16 @@ def test_tools_bad_options_are_one_line_usage_errors(tool, args, message):
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("k25ref: error:") and message in r.stderr, r.stderr
+
+
+def test_short_rows_tool_prints_its_grid_and_a_prompt_with_the_rule_off_and_on(tiny):
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT)
+    tool = os.path.join(ROOT, "tools", "bench_short_rows.py")
+    r = subprocess.run([sys.executable, tool, "--tokens", "4,8", "--lengths", "16", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    row = r.stdout.splitlines()[-1]
+    assert row.startswith("I=   16") and row.count("/") == 4 and "T=4:" in row and "T=8:" in row, r.stdout
+    r = subprocess.run([sys.executable, tool, "--model", tiny, "--rounds", "1"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0 and "rule off" in r.stdout and "same token: True" in r.stdout, r.stdout + r.stderr
