@@ -27,7 +27,7 @@ FLOAT = ("BF16", "F16", "F32")          # dtypes accepted for floating weights (
 MATRICES = ("q_a_proj.weight", "q_b_proj.weight", "q_proj.weight", "kv_a_proj_with_mqa.weight", "o_proj.weight",
             "gate_proj.weight", "up_proj.weight", "down_proj.weight")   # what a forward pass takes via matrix()
 HEAD_BLOCK = 64 << 20                   # bytes (as float32) of one block of an output head read block by block
-EMBED_GAP = 256 << 10                   # bytes: embedding rows this close are read in one call
+EMBED_GAP = 32 << 10                    # bytes: embedding rows this close are read in one call
 
 
 def layer_prefix(i):
