@@ -35,7 +35,7 @@ from k25ref.errors import ConfigError
 from k25ref.mla import attend_absorbed, attend_blocked, attend_naive
 from k25ref.moe import moe, route
 from k25ref.moonvit import REFERENCE, VisionOps
-from k25ref.nn import rms_norm, widened_matmul
+from k25ref.nn import rms_norm
 from k25ref.rope import apply_rope_interleaved
 
 BACKENDS = ("auto", "numba", "numpy")
@@ -186,31 +186,31 @@ def rope_kernel(x, cos, sin):  # (..., T, Dr), (T, Dr/2) -> (..., T, Dr) float32
 
 
 BLAS_ROWS = 256          # inputs from which a bf16 product widens its matrix and calls BLAS ...
-SHORT_ROWS = (64, 2)     # ... or from 64 inputs, if a row has at most 2 weights per input (I <= 2 T)
+SHORT_ROWS = (64, 6)     # ... or from 64 inputs, if a row has at most 6 weights per input (I <= 6 T)
 WIDEN_BYTES = 16 << 20   # float32 bytes of one widened block of rows
 
 
 def blas_pays(T, I):
     """Whether x W^T for T inputs of length I runs faster widened and through BLAS than through the bf16
     kernel's 4x4 tiles. A tile's sixteen sums are reduced across the vector lanes at the end of its rows, a
-    fixed cost that short rows do not amortize: BLAS took 0.46-0.51x the kernel's time at 128 inputs of 128
-    weights, 0.69-0.82x at 128 of 256 and 0.67-0.76x at 64 of 128 (tools/bench_short_rows.py); rows of
-    384-768 weights were mixed alone and cost 1-6% of a whole prompt's time on h512-e32 and h768-e48, as
-    widening reads each matrix from memory (docs/kernels.md, "Short rows to BLAS")."""
+    fixed cost that short rows do not amortize (tools/bench_short_rows.py prints the grid; docs/kernels.md,
+    "Short rows to BLAS"). The matrix is widened on every call, by the kernel `widen_rows`: with NumPy's
+    two-pass widening, rows of 384-768 weights lost 1-6% of a prompt's time this way instead of gaining."""
     least, per_input = SHORT_ROWS
     return T >= BLAS_ROWS or (T >= least and I <= per_input * T)
 
 
 def bf16_by_rows(raw, x):  # (O, I) uint16, (T, I) -> (T, O) float32
     """x W^T for a stored bf16 matrix: the bf16 kernel for a few inputs (decoding); for a prompt chunk where
-    BLAS pays (`blas_pays`), the matrix widened exactly a block of rows at a time and multiplied by BLAS."""
-    from k25ref.kernels.bf16_matvec import bf16_matmul
+    BLAS pays (`blas_pays`), the matrix widened exactly (`widen_rows`) a block of rows at a time and multiplied
+    by BLAS."""
+    from k25ref.kernels.bf16_matvec import bf16_matmul, widen_rows
     if not blas_pays(*x.shape):
         return bf16_matmul(raw, x)
     out = np.empty((x.shape[0], raw.shape[0]), np.float32)
     step = max(1, WIDEN_BYTES // (4 * raw.shape[1]))
     for a in range(0, raw.shape[0], step):
-        out[:, a:a + step] = widened_matmul(raw[a:a + step], x)              # (T, rows)
+        out[:, a:a + step] = x @ widen_rows(raw[a:a + step]).T              # (T, rows)
     return out
 
 

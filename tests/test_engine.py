@@ -101,13 +101,13 @@ def test_bf16_products_by_rows_match_the_widened_reference(T, monkeypatch):
 
 
 def test_prompt_products_with_short_rows_go_to_blas(monkeypatch):
-    """From 64 inputs a product whose rows are short (I <= 2 T) is widened and sent to BLAS, with the same
+    """From 64 inputs a product whose rows are short (I <= 6 T) is widened and sent to BLAS, with the same
     numbers as the kernel's; long rows stay in the kernel below BLAS_ROWS inputs."""
     from k25ref.checkpoint import f32_to_bf16
     from k25ref.kernels import bf16_matvec
     from k25ref.nn import widened_matmul
-    assert engine.blas_pays(64, 128) and engine.blas_pays(128, 256) and engine.blas_pays(256, 7168)
-    assert not engine.blas_pays(64, 129) and not engine.blas_pays(63, 32) and not engine.blas_pays(128, 384)
+    assert engine.blas_pays(64, 384) and engine.blas_pays(128, 768) and engine.blas_pays(256, 7168)
+    assert not engine.blas_pays(64, 385) and not engine.blas_pays(63, 32) and not engine.blas_pays(128, 769)
     kernel_calls = []
     monkeypatch.setattr(bf16_matvec, "bf16_matmul", lambda raw, x: kernel_calls.append(x.shape) or 0)
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from k25ref.weights import ExpertStack
 from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
-from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, bf16_matmul, bf16_matmul_numba
+from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, _widen_rows_loops, bf16_matmul, bf16_matmul_numba, widen_rows
 from k25ref.kernels import int4_matvec
 from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_dot2_numba,
                                         dequantize_row_numba, expand_scales_numba,
@@ -184,6 +184,20 @@ def test_bf16_matmul_matches_reference(rng, O, I, T, body):
         out = np.empty((T, O), np.float32)
         _bf16_matmul_loops(raw, x, out)
     close(out, ref, f"bf16 matmul {O}x{I}, T={T}")
+
+
+@pytest.mark.parametrize("body", ["kernel", "loops"])
+def test_widen_rows_is_the_exact_bit_shift(rng, body):
+    """Every bf16 bit pattern (signed zeros, subnormals, infinities, NaNs among them) widens to the float32
+    whose top half it is, as checkpoint.bf16_to_f32 does; rows of any length, a non-contiguous view too."""
+    raw = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(512, 128)
+    raw = np.concatenate([raw, raw[:, ::-1]], axis=1)[:, 3:250]                   # (512, 247) view
+    if body == "kernel":
+        out = widen_rows(raw)
+    else:
+        out = np.empty(raw.shape, np.float32)
+        _widen_rows_loops(np.ascontiguousarray(raw), out.view(np.uint32))
+    assert out.dtype == np.float32 and np.array_equal(out.view(np.uint32), bf16_to_f32(raw).view(np.uint32))
 
 
 # ----------------------------------------------------------------------------

@@ -4,10 +4,10 @@
     python tools/bench_short_rows.py --model /tmp/k25ref-bench/tiny   # a whole 128-token prompt, rule off / on
 
 Grid mode: for each T (inputs) and I (weights per row), three matrices of O = 128, 256, 512 rows with random
-bf16 weights; prints the kernel's time over widening + BLAS's (above 1: BLAS is faster), medians of --rounds
-alternating pairs. Model mode (a checkpoint, e.g. one tools/bench.py built): load_model once, then a prompt of
-128 tokens with `engine.SHORT_ROWS` switched off (BLAS only from BLAS_ROWS inputs) and on, alternating; the
-greedy token after the prompt must agree. The rule these figures set is `engine.blas_pays`.
+bf16 weights; prints the kernel's time over widening (`widen_rows`) + BLAS's (above 1: BLAS is faster),
+medians of --rounds alternating pairs. Model mode (a checkpoint, e.g. one tools/bench.py built): load_model
+once, then a prompt of 128 tokens with `engine.SHORT_ROWS` switched off (BLAS only from BLAS_ROWS inputs) and
+on, alternating; the greedy token after the prompt must agree. The rule these figures set is `engine.blas_pays`.
 
 Time is the calling thread's CPU time (`time.thread_time`): on a shared machine the time spent waiting for a
 core is left out. Run with NUMBA_NUM_THREADS=1; BLAS is held to one thread, as the kernels' bundle holds it.
@@ -37,8 +37,7 @@ def alternate(functions, rounds):  # {name: f} -> {name: median CPU seconds}, or
 
 def grid(tokens, lengths, rounds):
     from k25ref.checkpoint import f32_to_bf16
-    from k25ref.kernels.bf16_matvec import bf16_matmul
-    from k25ref.nn import widened_matmul
+    from k25ref.kernels.bf16_matvec import bf16_matmul, widen_rows
     rng = np.random.default_rng(0)
     print("kernel time / BLAS time (O = 128 / 256 / 512 rows); above 1: BLAS is faster")
     for I in lengths:
@@ -48,7 +47,7 @@ def grid(tokens, lengths, rounds):
             for O in (128, 256, 512):
                 raw = f32_to_bf16(rng.standard_normal((O, I), dtype=np.float32))
                 x = rng.standard_normal((T, I), dtype=np.float32)
-                med = alternate({"kernel": lambda: bf16_matmul(raw, x), "blas": lambda: widened_matmul(raw, x)},
+                med = alternate({"kernel": lambda: bf16_matmul(raw, x), "blas": lambda: x @ widen_rows(raw).T},
                                 rounds)
                 ratios.append(med["kernel"] / med["blas"])
             cells.append(f"T={T}: " + "/".join(f"{r:.2f}" for r in ratios))
