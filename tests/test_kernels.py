@@ -17,7 +17,7 @@ from k25ref.errors import ConfigError
 from k25ref.int4 import Int4Weight, dequantize, quantize
 from k25ref.kernels import FASTMATH, PARALLEL_MIN_WORK, compiled, jit, launch, warmup
 from k25ref.kernels.bf16_matvec import _bf16_matmul_loops, _widen_rows_loops, bf16_matmul, bf16_matmul_numba, widen_rows
-from k25ref.kernels import int4_matvec
+from k25ref.kernels import bf16_matvec, int4_matvec
 from k25ref.kernels.int4_matvec import (SCALE_MAX, _int4_matmul_loops, bf16_product_numba, dequantize_dot2_numba,
                                         dequantize_row_numba, expand_scales_numba,
                                         int4_matmul, int4_matmul_numba, kernel_exact, split_nibbles)
@@ -513,11 +513,13 @@ def test_vision_block_matches_reference(rng):
 def test_warmup_compiles_every_kernel():
     names = set(warmup())
     assert names == {"int4_matmul", "bf16_matmul", "mla_absorbed", "moe_experts", "softmax_rows", "layer_norm",
-                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved", "online_softmax", "moe_route", "rms_norm"}
+                     "bias_gelu_tanh", "gelu_erf", "rope_interleaved", "online_softmax", "moe_route", "rms_norm",
+                     "widen_rows"}
     for kernel in (int4_matmul_numba, bf16_matmul_numba, mla_absorbed_numba, mla_blocked.online_softmax_numba,
                    moe_experts_numba,
                    softmax_rows_numba, vb.layer_norm_numba, vb.bias_gelu_tanh_numba, vb.gelu_erf_numba,
-                   vb.rope_interleaved_numba, moe_route.select_numba, rms_norm.rms_norm_numba):
+                   vb.rope_interleaved_numba, moe_route.select_numba, rms_norm.rms_norm_numba,
+                   bf16_matvec.widen_rows_numba):
         if hasattr(kernel, "targetoptions"):                      # compiled (not under NUMBA_DISABLE_JIT)
             assert kernel.targetoptions["fastmath"] == FASTMATH
             assert kernel.signatures, f"{kernel} was not compiled by warmup()"
