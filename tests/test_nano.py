@@ -431,7 +431,8 @@ def test_tower_option_sizes_the_vision_tower_and_follows_the_folder(torch_side, 
     assert all(a.shape == b.shape and bool((a == b).all()) for a, b in
                zip(vision.vision_tower.state_dict().values(), after.vision_tower.state_dict().values()))
     with pytest.raises(SystemExit) as e:
-        train_nano.main(common + ["--tower", "96x3", "--vision-from", str(tmp_path / "v"), "--out", str(tmp_path / "x")])
+        train_nano.main(common + ["--tower", "96x3", "--vision-from", str(tmp_path / "v"),
+                                  "--out", str(tmp_path / "x")])
     assert e.value.code == 2
 
 

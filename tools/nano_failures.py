@@ -101,9 +101,11 @@ def recording(scene, masks=False):
         return write_clip(frames, frame_ms, path, rng)
 
     with contextlib.ExitStack() as stack:
-        for owner, name, wrapper in ((shapes_eval, "frame_size", note_frame), (shapes_eval, "background", note_background),
-                                     (shapes_eval.Painter, "__init__", note_object)) + \
-                ((shapes_eval.Painter, "paint", note_paint), (shapes_eval, "write_clip", note_clip)) * masks:
+        wrappers = ((shapes_eval, "frame_size", note_frame), (shapes_eval, "background", note_background),
+                    (shapes_eval.Painter, "__init__", note_object))
+        if masks:
+            wrappers += ((shapes_eval.Painter, "paint", note_paint), (shapes_eval, "write_clip", note_clip))
+        for owner, name, wrapper in wrappers:
             stack.enter_context(mock.patch.object(owner, name, wrapper))
         yield scene
 
@@ -190,13 +192,12 @@ def probe_table(readers, n_images, n_videos, seed):
 def probe_markdown(tables, names):
     """probe_table -> a Markdown table: seen / colour / shape / position (direction) per group value."""
     first = tables[names[0]]
-    lines = ["| held-out | group | value (objects) | " + " | ".join(f"{m}: seen / colour / shape / where" for m in names)
-             + " |", "|---|---|---|" + "---|" * len(names)]
+    heads = " | ".join(f"{m}: seen / colour / shape / where" for m in names)
+    lines = [f"| held-out | group | value (objects) | {heads} |", "|---|---|---|" + "---|" * len(names)]
     for kind in first:
         for group, values in first[kind].items():
             for value, counts in values.items():
-                cells = [" / ".join(f"{c / tables[m][kind][group][value][4]:.0%}" for c in tables[m][kind][group][value][:4])
-                         for m in names]
+                cells = [" / ".join(f"{c / counts[4]:.0%}" for c in tables[m][kind][group][value][:4]) for m in names]
                 lines.append(f"| {kind}s | {group} | {value} (n={counts[4]}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
