@@ -237,6 +237,19 @@ def test_vision_only_phase_trains_the_tower_alone_and_hands_it_on(torch_side, tm
     assert same(after.vision_tower, vision.vision_tower) and same(after.mm_projector, vision.mm_projector)
 
 
+def test_side_by_side_plot_draws_each_run_from_minute_zero(torch_side, tmp_path):
+    train_nano, _ = torch_side
+    logs = []
+    for name, seconds in (("A", 30), ("B", 50)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.jsonl").write_text("".join(
+            f'{{"step": {k + 1}, "seconds": {seconds * (k + 1)}, "probe_loss": {3 - k / 60}, "qat": false}}\n'
+            for k in range(120)))
+        logs.append(str(tmp_path / name / "log.jsonl"))
+    train_nano.main(["--plot", str(tmp_path / "cmp.png"), "--side-by-side", "--log", ",".join(logs)])
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
 def test_loss_logs_of_phases_share_one_clock(torch_side, tmp_path):
     """Phase b starts at the minute phase a ended; a loss a phase did not compute (0.0) is left out."""
     train_nano, _ = torch_side
@@ -430,6 +443,16 @@ def test_tower_option_sizes_the_vision_tower_and_follows_the_folder(torch_side, 
     assert train_nano.vision_of(str(tmp_path / "v")) == train_nano.tower("144x2")
     assert all(a.shape == b.shape and bool((a == b).all()) for a, b in
                zip(vision.vision_tower.state_dict().values(), after.vision_tower.state_dict().values()))
+    hub = train_nano.nano_hub_config()
+    train_nano.save_released(train_nano.build_model(hub, seed=5), hub, str(tmp_path / "init"))
+    train_nano.main(common + ["--lr", "0", "--init", str(tmp_path / "init"), "--vision-from", str(tmp_path / "v"),
+                              "--out", str(tmp_path / "both")])
+    init, both = (oracle.load_oracle(str(tmp_path / d)) for d in ("init", "both"))
+    for a, b in ((init.model.language_model.embed_tokens, both.model.language_model.embed_tokens),
+                 (init.model.language_model.layers[0], both.model.language_model.layers[0]),
+                 (init.lm_head, both.lm_head), (vision.vision_tower, both.model.vision_tower),
+                 (vision.mm_projector, both.model.mm_projector)):
+        assert all(bool((x == y).all()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(SystemExit) as e:
         train_nano.main(common + ["--tower", "96x3", "--vision-from", str(tmp_path / "v"),
                                   "--out", str(tmp_path / "x")])

@@ -6,6 +6,7 @@
     python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
+    python tools/train_nano.py --plot cmp.png --side-by-side --log A/train_log.jsonl,B/train_log.jsonl
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
 
@@ -576,6 +577,13 @@ def check_round_trip(model, folder, samples):
 # training loop
 
 
+def take(model, saved, parts):
+    """Copy parts (`model.model.<part>`, or "lm_head") of a loaded folder's model into `model`."""
+    for part in parts:
+        mine, theirs = (m.lm_head if part == "lm_head" else getattr(m.model, part) for m in (model, saved))
+        mine.load_state_dict(theirs.state_dict())
+
+
 def lr_at(progress, peak, warmup=0.03, floor=0.1):
     if progress < warmup:
         return peak * progress / warmup
@@ -589,14 +597,11 @@ def train(args):
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_pretrained(TOKENIZER)
     hub = nano_hub_config(args.tower)
-    if args.init:                                   # continue from a released-layout folder (fresh optimiser)
-        model = load_oracle(args.init)
-    else:
-        model = build_model(hub, args.seed)
-    if args.vision_from:                            # the tower and projector of another run (--vision-only)
-        vision = load_oracle(args.vision_from).model
-        model.model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
-        model.model.mm_projector.load_state_dict(vision.mm_projector.state_dict())
+    model, vision = build_model(hub, args.seed), ("vision_tower", "mm_projector")
+    if args.init:                  # continue from a released-layout folder (fresh optimiser), its tower too
+        take(model, load_oracle(args.init), ("language_model", "lm_head") + (() if args.vision_from else vision))
+    if args.vision_from:           # the tower and projector of another run (--vision-only), of any --tower size
+        take(model, load_oracle(args.vision_from), vision)
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied)
     balancer = Balancer(model)
@@ -720,6 +725,30 @@ def plot_log(log_paths, png, smooth=100):
     fig.savefig(png, dpi=110)
 
 
+def plot_side_by_side(log_paths, png, smooth=50):
+    """Runs started together (e.g. --vision-only towers of two sizes): each run's read-out loss (moving
+    average over `smooth` steps) against its own wall-clock minutes, labelled by the run's folder."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kernel = np.ones(smooth) / smooth
+    for colour, path in enumerate(log_paths):
+        recs, _ = read_logs([path])
+        x, y = np.array([r["minute"] for r in recs]), np.array([r["probe_loss"] for r in recs])
+        label = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))} ({len(recs)} steps)"
+        ax.plot(x, y, alpha=0.15, color=f"C{colour}")
+        if len(y) > smooth:
+            ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), color=f"C{colour}", label=label)
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("read-out cross entropy (training batches)")
+    ax.set_title("Vision tower alone: read-out loss, runs side by side")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
@@ -756,16 +785,21 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
     p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
     p.add_argument("--plot", default=None, metavar="PNG", help="only plot the loss log (--log) to PNG and exit")
+    p.add_argument("--side-by-side", action="store_true", help="with --plot: the --log files are runs started "
+                   "together, not phases; plot their read-out losses each from minute 0")
     p.add_argument("--agree", default=None, metavar="FOLDER",
                    help="only compare a saved folder's logits under the oracle and k25ref, and exit")
     args = p.parse_args(argv)
     if args.agree:
         print(json.dumps(oracle_agreement(args.agree), indent=2))
         return
+    if args.plot and args.side_by_side:
+        plot_side_by_side(args.log.split(","), args.plot)
+        return
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return
-    folder = args.init or args.vision_from
+    folder = args.vision_from or args.init
     if folder:
         saved = vision_of(folder)
         if args.tower not in (None, saved):
