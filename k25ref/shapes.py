@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from k25ref import media
+
 COLOURS = {"red": (220, 30, 30), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40),
            "purple": (140, 50, 170), "orange": (250, 140, 20), "white": (250, 250, 250)}
 SHAPES = ("circle", "square", "triangle")
@@ -423,6 +425,8 @@ def varied_video(rng, large=False, masks=None):
         if masks is not None:
             masks.append(drawn_mask(size))
             _paint(ImageDraw.Draw(masks[-1]), o.shape, look.as_mask(), float(cx), float(cy), r)
-    if rng.random() < 0.4:                                                   # a GIF's palette, shared by the clip
-        frames = [f.quantize(int(rng.integers(32, 257))).convert("RGB") for f in frames]
+    if rng.random() < 0.4:                                                   # a GIF's palette, frame by frame
+        colours = [int(rng.integers(32, 257)) for _ in frames]
+        kept = set(media.sample_frame_indices(n, fps).tolist())              # only these are ever seen
+        frames = [f.quantize(c).convert("RGB") if k in kept else f for k, (f, c) in enumerate(zip(frames, colours))]
     return frames, fps, caption([o]), [o]
