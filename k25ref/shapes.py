@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from k25ref import media
+
 COLOURS = {"red": (220, 30, 30), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 220, 40),
            "purple": (140, 50, 170), "orange": (250, 140, 20), "white": (250, 250, 250)}
 SHAPES = ("circle", "square", "triangle")
@@ -340,6 +342,10 @@ class Look:
         width = int(rng.integers(1, max(1, int(r / 6)) + 1))                  # 1 px on objects under 12 px
         return cls(fill, outline, width, float(rng.uniform(-0.2, 0.2)))
 
+    def as_mask(self):
+        """The same outline and turn, every covered pixel white."""
+        return Look((255, 255, 255), (255, 255, 255) if self.outline else None, self.width, self.angle)
+
 
 def _paint(draw, shape, look, cx, cy, r):
     """Draw a circle, or a square / apex-up triangle turned by look.angle, of 'radius' r at (cx, cy)."""
@@ -365,23 +371,35 @@ def _degrade(rng, image):
     return image
 
 
-def varied_image(rng, large=False):
-    """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files."""
+def drawn_mask(size):
+    """A black RGB canvas on which `_paint(..., look.as_mask(), ...)` marks the pixels an object covers."""
+    return Image.new("RGB", size)
+
+
+def varied_image(rng, large=False, masks=None):
+    """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files.
+    With a list `masks`, also appends the image's object mask (objects white on black, before the file pass)."""
     size = varied_size(rng, large)
     n = 1 if rng.random() < 0.4 else 2                                      # two objects are harder: 60%
     names = list(POSITIONS)
     objects = [_random_object(rng, position=names[k]) for k in sorted(rng.choice(len(names), n, replace=False))]
     image = varied_background(rng, [o.colour for o in objects], size)
-    draw = ImageDraw.Draw(image)
+    draw, mask = ImageDraw.Draw(image), drawn_mask(size)
     for o in objects:
         r = varied_radius(rng, size, *((0.1, 0.32) if n == 1 else (0.09, 0.19)))
-        _paint(draw, o.shape, Look.random(rng, o.colour, r), *_centre(rng, o.position, size, r, jitter=0.07), r)
+        look = Look.random(rng, o.colour, r)
+        centre = _centre(rng, o.position, size, r, jitter=0.07)
+        _paint(draw, o.shape, look, *centre, r)
+        _paint(ImageDraw.Draw(mask), o.shape, look.as_mask(), *centre, r)
+    if masks is not None:
+        masks.append(mask)
     return _degrade(rng, image), caption(objects), objects
 
 
-def varied_video(rng, large=False):
+def varied_video(rng, large=False, masks=None):
     """-> (frames, fps, caption, [object]): one object moving over a clip whose frame rate is 1-10 fps and
-    whose length gives 2-16 frames after 2 fps sampling (1-4 chunks; a single chunk 40% of the time)."""
+    whose length gives 2-16 frames after 2 fps sampling (1-4 chunks; a single chunk 40% of the time).
+    With a list `masks`, also appends the object mask of every frame (white on black)."""
     size = varied_size(rng, large, video=True)
     W, H = size
     o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
@@ -404,6 +422,11 @@ def varied_video(rng, large=False):
         cy = np.clip((y0 + dy * travel * f) * H, r, H - r)
         _paint(ImageDraw.Draw(frame), o.shape, look, float(cx), float(cy), r)
         frames.append(frame)
-    if rng.random() < 0.4:                                                   # a GIF's palette, shared by the clip
-        frames = [f.quantize(int(rng.integers(32, 257))).convert("RGB") for f in frames]
+        if masks is not None:
+            masks.append(drawn_mask(size))
+            _paint(ImageDraw.Draw(masks[-1]), o.shape, look.as_mask(), float(cx), float(cy), r)
+    if rng.random() < 0.4:                                                   # a GIF's palette, frame by frame
+        colours = [int(rng.integers(32, 257)) for _ in frames]
+        kept = set(media.sample_frame_indices(n, fps).tolist())              # only these are ever seen
+        frames = [f.quantize(c).convert("RGB") if k in kept else f for k, (f, c) in enumerate(zip(frames, colours))]
     return frames, fps, caption([o]), [o]

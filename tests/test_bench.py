@@ -166,6 +166,8 @@ def test_help_names_the_engines_and_configs():
     ("nano_failures.py", ["--by-style", "--images", "-1"], "--images -1"),
     ("nano_failures.py", ["--by-style", "--model", "/nonexistent", "--images", "1"], "/nonexistent"),
     ("nano_failures.py", ["--n", "0"], "--n: '0' must be at least 1"),
+    ("nano_failures.py", ["--probe", "a.pt", "--probe", "b.pt"], "2 read-out files for 1 --model"),
+    ("nano_failures.py", ["--probe", "/nonexistent.pt"], "--probe /nonexistent.pt: no such file"),
 ])
 def test_tools_bad_options_are_one_line_usage_errors(tool, args, message):
     """The speed and nano tools beside `k25ref bench` answer bad options as it does: one line, exit 2."""

@@ -237,6 +237,19 @@ def test_vision_only_phase_trains_the_tower_alone_and_hands_it_on(torch_side, tm
     assert same(after.vision_tower, vision.vision_tower) and same(after.mm_projector, vision.mm_projector)
 
 
+def test_side_by_side_plot_draws_each_run_from_minute_zero(torch_side, tmp_path):
+    train_nano, _ = torch_side
+    logs = []
+    for name, seconds in (("A", 30), ("B", 50)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.jsonl").write_text("".join(
+            f'{{"step": {k + 1}, "seconds": {seconds * (k + 1)}, "probe_loss": {3 - k / 60}, "qat": false}}\n'
+            for k in range(120)))
+        logs.append(str(tmp_path / name / "log.jsonl"))
+    train_nano.main(["--plot", str(tmp_path / "cmp.png"), "--side-by-side", "--log", ",".join(logs)])
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
 def test_loss_logs_of_phases_share_one_clock(torch_side, tmp_path):
     """Phase b starts at the minute phase a ended; a loss a phase did not compute (0.0) is left out."""
     train_nano, _ = torch_side
@@ -367,3 +380,168 @@ def test_heldout_clips_are_gif_and_mp4_files_of_one_to_four_chunks(tmp_path):
         assert grid[:, 0].sum() >= 2 and len(stamps) == len(grid)
         chunks.append(len(grid))
     assert kinds == {".gif", ".mp4"} and set(chunks) <= {1, 2, 3, 4} and chunks.count(1) >= 4, chunks
+
+
+def test_varied_scenes_give_their_object_masks_without_changing_the_draw():
+    """shapes.varied_image / varied_video with a `masks` list draw exactly what they draw without one and
+    append where the objects are: white on black, a frame per frame, at the named place or moving the named way."""
+    for k in range(12):
+        plain, noted, masks = np.random.default_rng([9, k]), np.random.default_rng([9, k]), []
+        a, b = shapes.varied_image(plain), shapes.varied_image(noted, masks=masks)
+        assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and plain.random() == noted.random()
+        (mask,) = masks
+        on = np.asarray(mask).max(-1) > 127
+        assert mask.size == a[0].size and on.any() and set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+        if len(a[2]) == 1:
+            ys, xs = np.nonzero(on)
+            fx, fy = shapes.POSITIONS[a[2][0].position]
+            assert abs(xs.mean() / mask.size[0] - fx) < 0.2 and abs(ys.mean() / mask.size[1] - fy) < 0.2
+        plain, noted, masks = np.random.default_rng([10, k]), np.random.default_rng([10, k]), []
+        frames, _, _, (o,) = shapes.varied_video(plain)
+        again = shapes.varied_video(noted, masks=masks)[0]
+        assert all(np.array_equal(np.asarray(f), np.asarray(g)) for f, g in zip(frames, again))
+        assert len(masks) == len(frames)
+        centres = [np.argwhere(np.asarray(m).max(-1) > 127).mean(0)[::-1] for m in (masks[0], masks[-1])]
+        step = np.sign(np.round(centres[1] - centres[0]))
+        assert tuple(step) == shapes.DIRECTIONS[o.direction], (o, centres)
+
+
+def test_token_labels_read_varied_scenes_off_the_drawn_mask(torch_side):
+    """On varied scenes (no flat background) the read-out's targets come from the drawn object mask: object
+    tokens carry only the objects drawn, and small objects in tiny frames are objects, not background."""
+    from k25ref import media
+    train_nano, _ = torch_side
+    rng, labelled, drawn, tiny_small = np.random.default_rng(12), 0, 0, 0
+    for k in range(40):
+        masks = []
+        image, _, objects = shapes.varied_image(rng, large=k % 4 == 0, masks=masks)
+        pv, grid = media.preprocess_image(image)
+        kind, where, on = train_nano.token_labels(pv, grid, objects, media.preprocess_image(masks[0])[0])
+        kinds = {1 + list(shapes.COLOURS).index(o.colour) * 3 + shapes.SHAPES.index(o.shape) for o in objects}
+        assert set(kind[on].tolist()) <= kinds and (kind[~on] == 0).all()
+        labelled, drawn = labelled + len(set(kind[on].tolist())), drawn + len(objects)
+        tiny_small += max(image.size) <= 56 and on.any()
+    assert labelled >= 0.9 * drawn and tiny_small >= 5, (labelled, drawn, tiny_small)
+
+
+def test_tower_option_sizes_the_vision_tower_and_follows_the_folder(torch_side, tmp_path):
+    """--tower WIDTHxBLOCKS: heads of 48, MLP twice the width, 96x3 the shipped tower; a bad value or one
+    that contradicts the --vision-from folder is a one-line usage error."""
+    train_nano, oracle = torch_side
+    assert train_nano.tower("96x3") == train_nano.NANO_VISION
+    assert {k: v for k, v in train_nano.tower("192X4").items() if k.startswith("vt_")} == {
+        "vt_hidden_size": 192, "vt_num_hidden_layers": 4, "vt_num_attention_heads": 4, "vt_intermediate_size": 384}
+    for bad in ("100x3", "96", "0x3", "96x0", "axb", "96x3x2"):
+        with pytest.raises(SystemExit) as e:
+            train_nano.main(["--tower", bad, "--quick"])
+        assert e.value.code == 2
+    common = ["--quick", "--qat", "0", "--threads", "1", "--seed", "4", "--varied", "1"]
+    train_nano.main(common + ["--vision-only", "--tower", "144x2", "--out", str(tmp_path / "v")])
+    train_nano.main(common + ["--lr", "0", "--vision-from", str(tmp_path / "v"), "--out", str(tmp_path / "next")])
+    assert train_nano.vision_of(str(tmp_path / "next")) == train_nano.tower("144x2")
+    vision, after = (oracle.load_oracle(str(tmp_path / d)).model for d in ("v", "next"))
+    assert train_nano.vision_of(str(tmp_path / "v")) == train_nano.tower("144x2")
+    assert all(a.shape == b.shape and bool((a == b).all()) for a, b in
+               zip(vision.vision_tower.state_dict().values(), after.vision_tower.state_dict().values()))
+    hub = train_nano.nano_hub_config()
+    train_nano.save_released(train_nano.build_model(hub, seed=5), hub, str(tmp_path / "init"))
+    train_nano.main(common + ["--lr", "0", "--init", str(tmp_path / "init"), "--vision-from", str(tmp_path / "v"),
+                              "--out", str(tmp_path / "both")])
+    init, both = (oracle.load_oracle(str(tmp_path / d)) for d in ("init", "both"))
+    for a, b in ((init.model.language_model.embed_tokens, both.model.language_model.embed_tokens),
+                 (init.model.language_model.layers[0], both.model.language_model.layers[0]),
+                 (init.lm_head, both.lm_head), (vision.vision_tower, both.model.vision_tower),
+                 (vision.mm_projector, both.model.mm_projector)):
+        assert all(bool((x == y).all()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(SystemExit) as e:
+        train_nano.main(common + ["--tower", "96x3", "--vision-from", str(tmp_path / "v"),
+                                  "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+
+
+def test_read_objects_names_what_the_read_out_says(torch_side, monkeypatch):
+    """read_objects votes over each object's tokens: a read-out that returns the targets reads every object
+    right; one that swaps two shapes reads them wrong; an object without tokens counts as not seen."""
+    import torch
+    from k25ref import media
+    train_nano, _ = torch_side
+    n_kinds = 1 + len(shapes.COLOURS) * len(shapes.SHAPES)
+    D = n_kinds + len(shapes.POSITIONS)
+
+    def features(model, pv, grid):                       # the targets themselves, one-hot
+        kind, where, _ = train_nano.token_labels(pv, grid, model["objects"], model["drawn"])
+        return torch.cat([torch.eye(n_kinds)[kind], torch.eye(len(shapes.POSITIONS))[where]], 1)
+
+    monkeypatch.setattr(train_nano, "vision_features", features)
+    probe = train_nano.Probe(D)
+    with torch.no_grad():
+        probe.kind.weight.copy_(10 * torch.eye(n_kinds, D))
+        probe.kind.bias.zero_()
+        probe.position.weight.copy_(10 * torch.eye(D)[n_kinds:])
+        probe.position.bias.zero_()
+    rng, reads = np.random.default_rng(13), []
+    for _ in range(6):
+        masks = []
+        image, _, objects = shapes.varied_image(rng, large=True, masks=masks)
+        pv, grid = media.preprocess_image(image)
+        drawn = media.preprocess_image(masks[0])[0]
+        model = {"objects": objects, "drawn": drawn}
+        reads += train_nano.read_objects(model, probe, pv, grid, objects, drawn)
+        circles = [i for i, o in enumerate(objects) if o.shape == "circle"]
+        with torch.no_grad():                             # circle <-> square in the kind head
+            swapped = train_nano.Probe(D)
+            swapped.load_state_dict(probe.state_dict())
+            rows = [1 + c * 3 + s for c in range(len(shapes.COLOURS)) for s in (0, 1)]
+            swapped.kind.weight[rows] = probe.kind.weight[[r + (1 if r % 3 == 1 else -1) for r in rows]]
+        for i in circles:
+            assert train_nano.read_objects(model, swapped, pv, grid, objects, drawn)[i][2] is False
+    assert reads and all(r == (True, True, True, True) for r in reads), reads
+    blank = np.full_like(drawn, -1.0)
+    assert train_nano.read_objects({"objects": objects, "drawn": blank}, probe, pv, grid, objects, blank)[0] == \
+        (False, False, False, False)
+
+
+def test_probe_measures_a_tower_on_heldout_objects(torch_side, tmp_path):
+    """tools/nano_failures.py --probe: the held-out draws are recorded with their objects' coverage (where the
+    picture shows the object), preprocessed like the picture, and every object is counted once per group."""
+    from k25ref import nano_eval
+    train_nano, _ = torch_side
+    import nano_failures
+    for kind in ("image", "video"):
+        for k in range(4):
+            with nano_failures.recording({}, masks=True) as scene:
+                sample, _, objects = nano_eval.draw(kind, "held-out", np.random.default_rng([78, k]), str(tmp_path))
+            pv, grid, drawn = nano_failures.pixels(kind, sample, scene)
+            assert drawn.shape == pv.shape and (drawn > 0).any()
+            if kind == "image":
+                covered = np.max(scene["covered"], axis=0) > 0.5
+                picture = np.asarray(sample).astype(int)
+                inside, outside = picture[covered].mean(0), picture[~covered].mean(0)
+                assert len(scene["covered"]) == len(objects) and np.abs(inside - outside).sum() > 30
+            else:
+                assert scene["frame_ms"] > 0 and len(scene["covered"]) >= 2
+    args = ["--quick", "--vision-only", "--qat", "0", "--threads", "1", "--seed", "5", "--varied", "1"]
+    train_nano.main(args + ["--probe-file", str(tmp_path / "p.pt"), "--out", str(tmp_path / "v")])
+    readers = {"v": train_nano.load_probe(str(tmp_path / "v"), str(tmp_path / "p.pt"))}
+    tables = nano_failures.probe_table(readers, 3, 2, seed=5150)
+    rngs = [nano_eval.eval_rng(5150, kind, "held-out") for kind in ("image", "video")]
+    objects = [sum(len(nano_eval.draw(kind, "held-out", rng, str(tmp_path))[2]) for _ in range(n))
+               for kind, rng, n in (("image", rngs[0], 3), ("video", rngs[1], 2))]
+    for kind, n in zip(("image", "video"), objects):
+        table = tables["v"][kind]
+        assert table["all"]["all"][4] == n and sum(c[4] for c in table["object size"].values()) == n
+        assert all(0 <= c <= counts[4] for group in table.values() for counts in group.values() for c in counts[:4])
+    text = nano_failures.probe_markdown(tables, ["v"])
+    assert f"| images | all | all (n={objects[0]}) | " in text and "seen / colour / shape / where" in text
+
+
+def test_varied_clips_palette_pass_reaches_every_frame_the_sampler_keeps():
+    """The GIF-style palette pass (spent only on the frames 2 fps sampling keeps) reaches all of them in about
+    40% of the clips: the kept frames of a clip then have at most 256 colours each."""
+    from k25ref import media
+    rng, paletted = np.random.default_rng(15), 0
+    for k in range(40):
+        frames, fps, _, _ = shapes.varied_video(rng, large=True)             # large: noise gives thousands
+        kept = media.sample_frame_indices(len(frames), fps)
+        paletted += max(len(np.unique(np.asarray(frames[i]).reshape(-1, 3), axis=0)) for i in kept) <= 256
+    assert 8 <= paletted <= 28, paletted

@@ -13,6 +13,14 @@ column per model, the exact-caption rate by frame family, background, number of 
 those draws, so `recording` notes the arguments its drawing functions are called with (the draws
 themselves are unchanged). Pass `--seed` other than eval-nano's, so that what is studied is not what the
 tables report.
+
+--probe FILE (once per --model, in the same order) measures a vision tower alone, as `tools/train_nano.py
+--vision-only` leaves it: its training-only read-out (the --probe-file saved with it) on the same held-out
+images and clips, object by object: whether the object's tokens are called an object (seen) and whether the
+read-out names its colour, shape and position (direction), by the groups above, with the object's own size
+in place of the smallest one. The object's pixels come from the geometry the generator paints.
+
+    python tools/nano_failures.py --seed 5150 --images 300 --videos 150 --model A --probe A.pt --model B --probe B.pt
 """
 import contextlib
 import json
@@ -27,7 +35,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from k25ref import nano_eval, shapes, shapes_eval  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from k25ref import media, nano_eval, shapes, shapes_eval  # noqa: E402
 from k25ref.errors import K25RefError  # noqa: E402
 from k25ref.options import ArgumentParser, positive_int  # noqa: E402
 from k25ref.progress import bar  # noqa: E402
@@ -61,10 +70,13 @@ def failures(model, tok, n, max_tries, seed, folder):
 
 
 @contextlib.contextmanager
-def recording(scene):
+def recording(scene, masks=False):
     """While active, shapes_eval's draws note in the dict `scene` the frame family and background kind they
-    pick and every object's half-extent ("sizes"), by wrapping the functions they call with those choices."""
+    pick and every object's half-extent ("sizes"), by wrapping the functions they call with those choices;
+    with `masks`, also every painted object's coverage ("covered", (H, W) in 0..1, outline included) and a
+    clip's frame duration ("frame_ms")."""
     frame_size, background, painter = shapes_eval.frame_size, shapes_eval.background, shapes_eval.Painter.__init__
+    paint, write_clip = shapes_eval.Painter.paint, shapes_eval.write_clip
 
     def note_frame(rng, family, video=False):
         scene["frame"] = str(family)
@@ -78,9 +90,23 @@ def recording(scene):
         scene.setdefault("sizes", []).append(float(size))
         painter(self, rng, obj, size)
 
-    with mock.patch.object(shapes_eval, "frame_size", note_frame), \
-            mock.patch.object(shapes_eval, "background", note_background), \
-            mock.patch.object(shapes_eval.Painter, "__init__", note_object):
+    def note_paint(self, canvas, cx, cy):
+        grow = 0.0 if self.outline is None else self.width
+        scene.setdefault("covered", []).append(
+            shapes_eval.coverage(self.shape, cx, cy, self.size, self.angle, *canvas.shape[:2], grow=grow))
+        return paint(self, canvas, cx, cy)
+
+    def note_clip(frames, frame_ms, path, rng):
+        scene["frame_ms"] = frame_ms
+        return write_clip(frames, frame_ms, path, rng)
+
+    with contextlib.ExitStack() as stack:
+        wrappers = ((shapes_eval, "frame_size", note_frame), (shapes_eval, "background", note_background),
+                    (shapes_eval.Painter, "__init__", note_object))
+        if masks:
+            wrappers += ((shapes_eval.Painter, "paint", note_paint), (shapes_eval, "write_clip", note_clip))
+        for owner, name, wrapper in wrappers:
+            stack.enter_context(mock.patch.object(owner, name, wrapper))
         yield scene
 
 
@@ -121,6 +147,61 @@ def by_style(model, tok, n_images, n_videos, seed):
     return table
 
 
+def pixels(kind, sample, scene):  # -> (pv, grid) of the sample, (pv) of its object mask, preprocessed alike
+    """What the model is fed, and the same for the recorded object coverage (white where covered)."""
+    from PIL import Image
+
+    def mask(covered):
+        return Image.fromarray(np.repeat((255 * np.clip(covered, 0, 1)).astype(np.uint8)[..., None], 3, 2), "RGB")
+
+    if kind == "image":
+        pv, grid = media.preprocess_image(sample)
+        return pv, grid, media.preprocess_image(mask(np.max(scene["covered"], axis=0)))[0]
+    pv, grid, _ = media.preprocess_video(sample[0])
+    drawn, drawn_grid, _ = media.preprocess_video([mask(c) for c in scene["covered"]], fps=1000 / scene["frame_ms"])
+    if not np.array_equal(grid, drawn_grid):
+        raise RuntimeError(f"{sample[0]}: read back as {grid.tolist()}, drawn as {drawn_grid.tolist()}")
+    return pv, grid, drawn
+
+
+def probe_table(readers, n_images, n_videos, seed):
+    """{name: (model, probe)} -> {name: {kind: {group: {value: [seen, colour, shape, where, n]}}}}, counted
+    over the objects of the same held-out images and clips (drawn as eval-nano draws them) for every model."""
+    from train_nano import read_objects
+    tables = {name: {} for name in readers}
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, n in (("image", n_images), ("video", n_videos)):
+            rng = nano_eval.eval_rng(seed, kind, "held-out")
+            rows = {name: defaultdict(lambda: defaultdict(lambda: [0] * 5)) for name in readers}
+            for _ in bar(range(n), desc=f"held-out {kind}s, read-out", unit=kind):
+                with recording({}, masks=True) as scene:
+                    sample, _, truth = nano_eval.draw(kind, "held-out", rng, folder)
+                pv, grid, drawn = pixels(kind, sample, scene)
+                sample_groups = [g for g in groups(kind, scene, sample, len(grid)) if g[0] != "smallest object"]
+                for name, (model, probe) in readers.items():
+                    for o, size, read in zip(truth, scene["sizes"], read_objects(model, probe, pv, grid, truth, drawn)):
+                        for group, value in [("all", "all"), ("object size", size_bin(size))] + sample_groups:
+                            counts = rows[name][group][value]
+                            counts[:] = [c + int(r) for c, r in zip(counts, read + (True,))]
+            for name in readers:
+                if n:
+                    tables[name][kind] = {g: dict(sorted(v.items(), key=value_order)) for g, v in rows[name].items()}
+    return tables
+
+
+def probe_markdown(tables, names):
+    """probe_table -> a Markdown table: seen / colour / shape / position (direction) per group value."""
+    first = tables[names[0]]
+    heads = " | ".join(f"{m}: seen / colour / shape / where" for m in names)
+    lines = [f"| held-out | group | value (objects) | {heads} |", "|---|---|---|" + "---|" * len(names)]
+    for kind in first:
+        for group, values in first[kind].items():
+            for value, counts in values.items():
+                cells = [" / ".join(f"{c / counts[4]:.0%}" for c in tables[m][kind][group][value][:4]) for m in names]
+                lines.append(f"| {kind}s | {group} | {value} (n={counts[4]}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(tables, names):
     """{name: by_style table} -> a Markdown table: exact-caption rate (n) per group value, a column per model."""
     first = tables[names[0]]
@@ -152,6 +233,12 @@ def plot(found, png):
     fig.savefig(png, dpi=80)
 
 
+def write_json(path, record):
+    if path:
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+
+
 def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model folder (repeat with --by-style for more columns; "
@@ -160,7 +247,9 @@ def main(argv=None):
                    "and object size as a Markdown table instead of drawing failures")
     p.add_argument("--images", type=int, default=300, help="held-out images to caption with --by-style")
     p.add_argument("--videos", type=int, default=0, help="held-out clips to caption with --by-style")
-    p.add_argument("--json", help="with --by-style, also write the counts to this .json file")
+    p.add_argument("--probe", action="append", metavar="FILE", help="the read-out weights (train_nano.py "
+                   "--probe-file) of the tower in the --model given at the same place: measure the read-out")
+    p.add_argument("--json", help="with --by-style or --probe, also write the counts to this .json file")
     p.add_argument("--n", type=positive_int, default=8, help="wrong captions to show")
     p.add_argument("--tries", type=positive_int, default=600, help="samples to caption at most")
     p.add_argument("--seed", type=int, default=nano_eval.EVAL_SEED)
@@ -169,7 +258,12 @@ def main(argv=None):
     names = args.model or [nano_eval.NANO_PATH]
     if args.json and os.path.exists(args.json):
         p.error(f"--json {args.json}: exists; give a new file name")
-    if args.by_style and (min(args.images, args.videos) < 0 or args.images + args.videos == 0):
+    if args.probe and len(args.probe) != len(names):
+        p.error(f"--probe: {len(args.probe)} read-out files for {len(names)} --model folders; give one per model")
+    for path in args.probe or []:
+        if not os.path.isfile(path):
+            p.error(f"--probe {path}: no such file")
+    if (args.by_style or args.probe) and (min(args.images, args.videos) < 0 or args.images + args.videos == 0):
         p.error(f"--images {args.images} --videos {args.videos}: counts of at least 0, not both 0")
     try:
         return run(args, names)
@@ -180,12 +274,17 @@ def main(argv=None):
 def run(args, names):
     from k25ref.model import load_model
     from k25ref.tokenizer import Tokenizer
+    if args.probe:
+        from train_nano import load_probe
+        readers = {m: load_probe(m, f) for m, f in zip(names, args.probe)}
+        tables = probe_table(readers, args.images, args.videos, args.seed)
+        write_json(args.json, {"seed": args.seed, "probe": dict(zip(names, args.probe)), "tables": tables})
+        print(probe_markdown(tables, names))
+        return
     if args.by_style:
         models = {m: (load_model(m), Tokenizer.from_pretrained(m)) for m in names}   # every folder read first
         tables = {m: by_style(*models[m], args.images, args.videos, args.seed) for m in names}
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"seed": args.seed, "tables": tables}, f, indent=1)
+        write_json(args.json, {"seed": args.seed, "tables": tables})
         print(markdown(tables, names))
         return
     model, tok = load_model(names[0]), Tokenizer.from_pretrained(names[0])

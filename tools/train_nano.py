@@ -5,6 +5,8 @@
     python tools/train_nano.py --init FOLDER ...                      # continue from a saved checkpoint
     python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
+    python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
+    python tools/train_nano.py --plot cmp.png --side-by-side --log A/train_log.jsonl,B/train_log.jsonl
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
 
@@ -21,6 +23,8 @@ Data, drawn fresh every step from `--seed`:
   image." / "Describe the video.", assistant = its caption; with --varied, that share of them comes from
   shapes.varied_image / varied_video instead (other frames, backgrounds, looks, 1-10 fps clips of 1-4 chunks). Pixels come from k25ref.media.preprocess_image /
   preprocess_video, the inference pipeline itself. Loss only on the assistant reply and its <|im_end|>.
+  A varied scene also hands back where its objects are drawn (shapes' `masks`), which the read-out's
+  targets are taken from (token_labels), since its backgrounds are not flat.
 Media features are computed by calling the vision tower and the projector directly, one video chunk at a
 time (transformers' get_image_features mis-splits chunks with t > 1), and spliced over the <|media_pad|>
 positions like k25ref.multimodal.splice.
@@ -72,9 +76,32 @@ NANO_VISION = dict(init_pos_emb_height=8, init_pos_emb_width=8, init_pos_emb_tim
                    vt_num_hidden_layers=3, vt_num_attention_heads=2, vt_intermediate_size=192)
 
 
-def nano_hub_config():
+TOWER_HEAD = 48                              # width of a vision attention head (--tower)
+
+
+def nano_hub_config(vision=NANO_VISION):
     """The nano's config.json: K2.5's layout and key names, vocabulary of the project's 4096-id tokenizer."""
-    return _hub_config(NANO_TEXT, NANO_VISION, 4096)
+    return _hub_config(NANO_TEXT, vision, 4096)
+
+
+def tower(value):
+    """--tower "WIDTHxBLOCKS" -> the vision config: heads of 48, MLP twice the width (96x3 = NANO_VISION)."""
+    try:
+        width, blocks = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        width = blocks = 0
+    if width <= 0 or width % TOWER_HEAD or not 1 <= blocks <= 27:
+        raise argparse.ArgumentTypeError(f"{value!r} is not WIDTHxBLOCKS with the width a positive multiple of "
+                                         f"{TOWER_HEAD} and 1-27 blocks (e.g. 96x3, the default, or 192x4)")
+    return {**NANO_VISION, "vt_hidden_size": width, "vt_num_hidden_layers": blocks,
+            "vt_num_attention_heads": width // TOWER_HEAD, "vt_intermediate_size": 2 * width}
+
+
+def vision_of(folder):
+    """The vision config keys NANO_VISION names, as a saved folder's config.json has them."""
+    with open(os.path.join(folder, "config.json")) as f:
+        saved = json.load(f)["vision_config"]
+    return {k: saved[k] for k in NANO_VISION}
 
 
 # ----------------------------------------------------------------------------
@@ -187,7 +214,7 @@ class Data:
         """-> (ids, loss mask): a raw window of the training text, every next token counts."""
         s = int(self.rng.integers(0, len(self.train) - self.window - 1))
         ids = self.train[s:s + self.window + 1]
-        return ids, np.ones(len(ids), bool), None, None, None
+        return ids, np.ones(len(ids), bool), None, None, None, None
 
     def chat(self, content, reply):
         """Render user content with the chat template (thinking off), append reply + <|im_end|>."""
@@ -203,26 +230,32 @@ class Data:
         cut = int(self.rng.integers(4, 24))
         user, reply = self.tok.decode(self.train[s:s + cut]), self.tok.decode(self.train[s + cut:s + cut + 64])
         ids, mask = self.chat(user, reply)
-        return ids, mask, None, None, None
+        return ids, mask, None, None, None, None
 
     def chat_image(self):
+        drawn = None
         if self.rng.random() < self.varied:
-            image, text, objects = shapes.varied_image(self.rng, self.large)
+            masks = []
+            image, text, objects = shapes.varied_image(self.rng, self.large, masks)
+            drawn = media.preprocess_image(masks[0])[0]
         else:
             image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
         pv, grid = media.preprocess_image(image)
         ids, mask = self.chat([{"type": "image"}, {"type": "text", "text": shapes.IMAGE_PROMPT}], text)
-        return self._expand(ids, mask, grid) + (pv, grid, objects)
+        return self._expand(ids, mask, grid) + (pv, grid, objects, drawn)
 
     def chat_video(self):
+        drawn = None
         if self.rng.random() < self.varied:
-            frames, fps, text, objects = shapes.varied_video(self.rng, self.large)
+            masks = []
+            frames, fps, text, objects = shapes.varied_video(self.rng, self.large, masks)
+            drawn = media.preprocess_video(masks, fps=fps)[0]
         else:
             (frames, text, objects), fps = shapes.random_video(self.rng), shapes.VIDEO_FPS
         pv, grid, stamps = media.preprocess_video(frames, fps=fps)
         content = [{"type": "video", "timestamps": stamps}, {"type": "text", "text": shapes.VIDEO_PROMPT}]
         ids, mask = self.chat(content, text)
-        return self._expand(ids, mask, grid) + (pv, grid, objects)
+        return self._expand(ids, mask, grid) + (pv, grid, objects, drawn)
 
     def _expand(self, ids, mask, grid):
         from k25ref.multimodal import expand_placeholders
@@ -253,23 +286,28 @@ def vision_features(model, pv, grid):  # (N, 3, 14, 14), (I, 3) -> (sum h*w/4, D
     return torch.cat(out)
 
 
-def token_labels(pv, grid, objects):  # (N, 3, 14, 14), (I, 3), objects -> (M,) kind, (M,) where, (M,) mask
+def token_labels(pv, grid, objects, drawn=None):  # (N, 3, 14, 14), (I, 3), objects[, (N, 3, 14, 14)] -> (M,) x 3
     """What each media token shows, read off the pixels the model is fed: kind 0 = background, else 1 + the
     index of (colour, shape) of the object it covers; `where` = that object's position (images) or direction
     (videos) index; mask = the token covers an object. A token is the 2x2 patches (x all frames of a chunk)
-    that the projector merges. Background = the median colour of the real (unpadded) pixels; object pixels
-    are those far from it; with two objects a token belongs to the one whose named position is nearest."""
+    that the projector merges. Object pixels are those of the drawn object mask `drawn` (varied scenes, whose
+    backgrounds are not flat), preprocessed like the pixels; without it, those far from the background, the
+    median colour of the real (unpadded) pixels. With two objects a token belongs to the one whose named
+    position is nearest."""
     colours, positions, directions = list(shapes.COLOURS), list(shapes.POSITIONS), list(shapes.DIRECTIONS)
     kind, where, start = [], [], 0
     for t, h, w in grid.tolist():
-        frames = pv[start:start + t * h * w].reshape(t, h, w, 3, 14, 14).transpose(0, 1, 4, 2, 5, 3)
-        frames = frames.reshape(t, h * 14, w * 14, 3)
-        start += t * h * w
+        frames = unpatchify(pv[start:start + t * h * w], t, h, w)
         real = (frames != -1.0).any(-1)                                         # zero padding is exactly -1
-        bg = np.median(frames[real], axis=0)
-        obj = real & (np.abs(frames - bg).sum(-1) > 0.8)                        # (t, H, W)
+        if drawn is not None:
+            obj = real & (unpatchify(drawn[start:start + t * h * w], t, h, w) > 0).any(-1)
+        else:
+            bg = np.median(frames[real], axis=0)
+            obj = real & (np.abs(frames - bg).sum(-1) > 0.8)                    # (t, H, W)
+        start += t * h * w
         H, W = real[0].any(1).sum(), real[0].any(0).sum()                       # unpadded extent
-        cover = obj.any(0).reshape(h // 2, 28, w // 2, 28).mean((1, 3)) > 0.1  # (h/2, w/2)
+        least = 0.1 if drawn is None else 0.01              # a drawn mask has no noise: 8 pixels are an object
+        cover = obj.any(0).reshape(h // 2, 28, w // 2, 28).mean((1, 3)) > least  # (h/2, w/2)
         for r in range(h // 2):
             for c in range(w // 2):
                 if not cover[r, c]:
@@ -285,6 +323,11 @@ def token_labels(pv, grid, objects):  # (N, 3, 14, 14), (I, 3), objects -> (M,) 
     return kind, where, kind > 0
 
 
+def unpatchify(patches, t, h, w):  # (t*h*w, 3, 14, 14) -> (t, h*14, w*14, 3)
+    """One item's patches back into frames."""
+    return patches.reshape(t, h, w, 3, 14, 14).transpose(0, 1, 4, 2, 5, 3).reshape(t, h * 14, w * 14, 3)
+
+
 class Probe(torch.nn.Module):
     """Training-only read-out heads on every media token (never saved): they tell the vision tower and the
     projector, token by token, what captions need -- which object a token shows and where that object is
@@ -297,12 +340,43 @@ class Probe(torch.nn.Module):
         self.direction = torch.nn.Linear(D, len(shapes.DIRECTIONS))
 
     def loss(self, feats, sample):  # (M, D) features of one media item, its sample -> scalar
-        kind, where, on = token_labels(sample[2], sample[3], sample[4])
+        kind, where, on = token_labels(*sample[2:6])
         loss = F.cross_entropy(self.kind(feats), kind)
         if on.any():
             head = self.direction if sample[4][0].direction else self.position
             loss = loss + F.cross_entropy(head(feats[on]), where[on])
         return loss
+
+
+@torch.no_grad()
+def read_objects(model, probe, pv, grid, objects, drawn):  # -> [(seen, colour, shape, where)] bools per object
+    """The read-out of one media item, object by object: over the tokens that `token_labels` gives an object,
+    whether most are called an object (seen) and whether their summed log-probabilities, background left
+    out, name its colour, shape and position (or direction). An object without tokens is read wrong."""
+    feats = vision_features(model, pv, grid)                                  # (M, D)
+    kind, where, on = token_labels(pv, grid, objects, drawn)
+    kinds = probe.kind(feats).log_softmax(-1)
+    wheres = (probe.direction if objects[0].direction else probe.position)(feats).log_softmax(-1)
+    colours, n_shapes, out = list(shapes.COLOURS), len(shapes.SHAPES), []
+    for o in objects:
+        w = list(shapes.DIRECTIONS).index(o.direction) if o.direction else list(shapes.POSITIONS).index(o.position)
+        mine = on & (kind == 1 + colours.index(o.colour) * n_shapes + shapes.SHAPES.index(o.shape)) & (where == w)
+        if not mine.any():
+            out.append((False, False, False, False))
+            continue
+        colour, shape = divmod(int(kinds[mine, 1:].sum(0).argmax()), n_shapes)
+        out.append((bool((kinds[mine].argmax(-1) > 0).float().mean() > 0.5), colour == colours.index(o.colour),
+                    shape == shapes.SHAPES.index(o.shape), int(wheres[mine].sum(0).argmax()) == w))
+    return out
+
+
+def load_probe(folder, path):
+    """A saved tower (oracle model) and the read-out trained with it (--probe-file), for read_objects."""
+    from oracle import load_oracle
+    model = load_oracle(folder)
+    probe = Probe(model.config.text_config.hidden_size)
+    probe.load_state_dict(torch.load(path))
+    return model.eval(), probe.eval()
 
 
 def probe_only_loss(model, samples, probe):
@@ -503,6 +577,13 @@ def check_round_trip(model, folder, samples):
 # training loop
 
 
+def take(model, saved, parts):
+    """Copy parts (`model.model.<part>`, or "lm_head") of a loaded folder's model into `model`."""
+    for part in parts:
+        mine, theirs = (m.lm_head if part == "lm_head" else getattr(m.model, part) for m in (model, saved))
+        mine.load_state_dict(theirs.state_dict())
+
+
 def lr_at(progress, peak, warmup=0.03, floor=0.1):
     if progress < warmup:
         return peak * progress / warmup
@@ -515,15 +596,12 @@ def train(args):
     from torch.nn.utils import parametrize
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_pretrained(TOKENIZER)
-    hub = nano_hub_config()
-    if args.init:                                   # continue from a released-layout folder (fresh optimiser)
-        model = load_oracle(args.init)
-    else:
-        model = build_model(hub, args.seed)
-    if args.vision_from:                            # the tower and projector of another run (--vision-only)
-        vision = load_oracle(args.vision_from).model
-        model.model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
-        model.model.mm_projector.load_state_dict(vision.mm_projector.state_dict())
+    hub = nano_hub_config(args.tower)
+    model, vision = build_model(hub, args.seed), ("vision_tower", "mm_projector")
+    if args.init:                  # continue from a released-layout folder (fresh optimiser), its tower too
+        take(model, load_oracle(args.init), ("language_model", "lm_head") + (() if args.vision_from else vision))
+    if args.vision_from:           # the tower and projector of another run (--vision-only), of any --tower size
+        take(model, load_oracle(args.vision_from), vision)
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied)
     balancer = Balancer(model)
@@ -647,6 +725,30 @@ def plot_log(log_paths, png, smooth=100):
     fig.savefig(png, dpi=110)
 
 
+def plot_side_by_side(log_paths, png, smooth=50):
+    """Runs started together (e.g. --vision-only towers of two sizes): each run's read-out loss (moving
+    average over `smooth` steps) against its own wall-clock minutes, labelled by the run's folder."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kernel = np.ones(smooth) / smooth
+    for colour, path in enumerate(log_paths):
+        recs, _ = read_logs([path])
+        x, y = np.array([r["minute"] for r in recs]), np.array([r["probe_loss"] for r in recs])
+        label = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))} ({len(recs)} steps)"
+        ax.plot(x, y, alpha=0.15, color=f"C{colour}")
+        if len(y) > smooth:
+            ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), color=f"C{colour}", label=label)
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("read-out cross entropy (training batches)")
+    ax.set_title("Vision tower alone: read-out loss, runs side by side")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
@@ -674,21 +776,36 @@ def main(argv=None):
     p.add_argument("--vision-from", default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
     p.add_argument("--probe-file", default=None, help="read-out weights: loaded if the file exists, saved at the end")
+    p.add_argument("--tower", type=tower, default=None, metavar="WIDTHxBLOCKS",
+                   help="the vision tower's size: width (a multiple of 48, one head per 48) x blocks, MLP twice "
+                   "the width; default 96x3 (NANO_VISION), or the tower of --init / --vision-from")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=float, default=8.0, help="minutes between partial checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
     p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
     p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
     p.add_argument("--plot", default=None, metavar="PNG", help="only plot the loss log (--log) to PNG and exit")
+    p.add_argument("--side-by-side", action="store_true", help="with --plot: the --log files are runs started "
+                   "together, not phases; plot their read-out losses each from minute 0")
     p.add_argument("--agree", default=None, metavar="FOLDER",
                    help="only compare a saved folder's logits under the oracle and k25ref, and exit")
     args = p.parse_args(argv)
     if args.agree:
         print(json.dumps(oracle_agreement(args.agree), indent=2))
         return
+    if args.plot and args.side_by_side:
+        plot_side_by_side(args.log.split(","), args.plot)
+        return
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return
+    folder = args.vision_from or args.init
+    if folder:
+        saved = vision_of(folder)
+        if args.tower not in (None, saved):
+            p.error(f"--tower: {folder} holds a {saved['vt_hidden_size']}x{saved['vt_num_hidden_layers']} tower")
+        args.tower = saved
+    args.tower = args.tower or NANO_VISION
     if args.quick:
         args.text_batch, args.chat_text_batch, args.image_batch, args.video_batch = 2, 1, 2, 1
     model, hub, data, meta = train(args)
