@@ -6,7 +6,7 @@
     python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
-    python tools/train_nano.py --plot cmp.png --side-by-side --log A/train_log.jsonl,B/train_log.jsonl
+    python tools/train_nano.py --plot docs/figures/nano_tower_ab_loss.png --side-by-side --log A.jsonl,B.jsonl  # towers
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
 
