@@ -250,6 +250,17 @@ def test_side_by_side_plot_draws_each_run_from_minute_zero(torch_side, tmp_path)
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
+def test_phase_plot_draws_every_loss_with_phases_and_qat_marked(torch_side, tmp_path):
+    train_nano, _ = torch_side
+    for name, qat in (("a", "false"), ("b", "true")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            f'{{"step": {k + 1}, "seconds": {30 * (k + 1)}, "text_loss": {4 - k / 100}, "media_loss": '
+            f'{1 - k / 200}, "probe_loss": {2 - k / 150}, "qat": {qat}}}\n' for k in range(150)))
+    png = tmp_path / "phases.png"
+    train_nano.main(["--plot", str(png), "--log", f"{tmp_path}/a.jsonl,{tmp_path}/b.jsonl"])
+    assert png.stat().st_size > 10_000
+
+
 def test_loss_logs_of_phases_share_one_clock(torch_side, tmp_path):
     """Phase b starts at the minute phase a ended; a loss a phase did not compute (0.0) is left out."""
     train_nano, _ = torch_side

@@ -693,60 +693,62 @@ def runs_of(recs, key):
     return runs
 
 
-def plot_log(log_paths, png, smooth=100):
-    """The loss curve against wall time: text, media-chat and read-out loss (moving averages over `smooth`
-    steps), phase starts and QAT marked."""
+def new_figure():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt.subplots(figsize=(7, 4))
+
+
+def curve(ax, x, y, smooth, colour, label):
+    """A loss series faint, and its moving average over `smooth` steps (labelled) when it has that many."""
+    ax.plot(x, y, alpha=0.15, color=f"C{colour}")
+    if len(y) > smooth:
+        ax.plot(x[smooth - 1:], np.convolve(y, np.ones(smooth) / smooth, "valid"), label=label, color=f"C{colour}")
+
+
+def save_figure(fig, ax, png, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def plot_log(log_paths, png, smooth=100):
+    """The loss curve against wall time: text, media-chat and read-out loss (moving averages over `smooth`
+    steps), phase starts and QAT marked."""
     recs, phase_starts = read_logs(log_paths)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    kernel = np.ones(smooth) / smooth
+    fig, ax = new_figure()
     for colour, (key, label) in enumerate((("text_loss", "text batch (Shakespeare windows + text chat)"),
                                            ("media_loss", "caption batch (assistant reply tokens)"),
                                            ("probe_loss", "media read-out, training only (Probe)"))):
         for k, run in enumerate(runs_of(recs, key)):
-            x, y = np.array([r["minute"] for r in run]), np.array([r[key] for r in run])
-            ax.plot(x, y, alpha=0.15, color=f"C{colour}")
-            if len(y) > smooth:
-                ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), label=None if k else label, color=f"C{colour}")
+            curve(ax, np.array([r["minute"] for r in run]), np.array([r[key] for r in run]), smooth, colour,
+                  None if k else label)
     for k, s in enumerate(phase_starts):
         ax.axvline(s, color="k", ls="--", lw=0.8, label="next phase starts" if k == 0 else None)
     qat = [r["minute"] for r in recs if r["qat"]]
     if qat:
         ax.axvspan(qat[0], qat[-1], color="grey", alpha=0.15, label="INT4 quantisation-aware")
     ax.set_yscale("log")
-    ax.set_xlabel("wall-clock minutes")
-    ax.set_ylabel("cross entropy, nats/token (training batches)")
-    ax.set_title("Kimi-K2.5-nano training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    fig.savefig(png, dpi=110)
+    save_figure(fig, ax, png, "wall-clock minutes", "cross entropy, nats/token (training batches)",
+                "Kimi-K2.5-nano training loss")
 
 
 def plot_side_by_side(log_paths, png, smooth=50):
     """Runs started together (e.g. --vision-only towers of two sizes): each run's read-out loss (moving
     average over `smooth` steps) against its own wall-clock minutes, labelled by the run's folder."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    kernel = np.ones(smooth) / smooth
+    fig, ax = new_figure()
     for colour, path in enumerate(log_paths):
         recs, _ = read_logs([path])
-        x, y = np.array([r["minute"] for r in recs]), np.array([r["probe_loss"] for r in recs])
         label = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))} ({len(recs)} steps)"
-        ax.plot(x, y, alpha=0.15, color=f"C{colour}")
-        if len(y) > smooth:
-            ax.plot(x[smooth - 1:], np.convolve(y, kernel, "valid"), color=f"C{colour}", label=label)
-    ax.set_xlabel("wall-clock minutes")
-    ax.set_ylabel("read-out cross entropy (training batches)")
-    ax.set_title("Vision tower alone: read-out loss, runs side by side")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    fig.savefig(png, dpi=110)
+        curve(ax, np.array([r["minute"] for r in recs]), np.array([r["probe_loss"] for r in recs]), smooth,
+              colour, label)
+    save_figure(fig, ax, png, "wall-clock minutes", "read-out cross entropy (training batches)",
+                "Vision tower alone: read-out loss, runs side by side")
 
 
 def main(argv=None):
