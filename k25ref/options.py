@@ -12,6 +12,7 @@ positive_int, size_arg, names_arg(allowed) and lengths_arg.
 """
 import argparse
 import math
+import os
 import re
 import sys
 
@@ -125,4 +126,10 @@ def names_arg(allowed):
 def lengths_arg(text):  # argparse type: "1024,4096" -> "1024,4096", each a whole number >= 1
     for n in text.split(","):
         positive_int(n)
+    return text
+
+
+def checkpoint_folder(text):  # argparse type: a folder holding a config.json, returned as written
+    if not os.path.isfile(os.path.join(text, "config.json")):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a checkpoint folder (no config.json)")
     return text

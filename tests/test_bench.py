@@ -162,6 +162,7 @@ def test_help_names_the_engines_and_configs():
     ("bench_short_rows.py", ["--lengths", "128,x"], "--lengths"),
     ("bench_short_rows.py", ["--rounds", "0"], "--rounds: '0' must be at least 1"),
     ("bench_short_rows.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
+    ("bench_short_rows.py", ["--model", "README.md"], "'README.md': not a checkpoint folder"),
     ("nano_failures.py", ["--by-style", "--images", "0"], "not both 0"),
     ("nano_failures.py", ["--by-style", "--images", "-1"], "--images -1"),
     ("nano_failures.py", ["--by-style", "--model", "/nonexistent", "--images", "1"], "/nonexistent"),

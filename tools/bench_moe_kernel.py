@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from k25ref.options import ArgumentParser, lengths_arg, positive_int
+from k25ref.options import ArgumentParser, checkpoint_folder, lengths_arg, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E, A, D, F, G, LAYERS = 64, 8, 1024, 512, 32, 7          # tools/bench.py's small
@@ -114,10 +114,9 @@ def main():
     ap.add_argument("--tokens", type=lengths_arg, default="1,128",
                     help="comma-separated T of the kernel calls (default: 1,128)")
     ap.add_argument("--rounds", type=positive_int, default=21, help="old/new pairs per T (default: 21)")
-    ap.add_argument("--model", help="a checkpoint folder: time the whole model's prompt and decode steps instead")
+    ap.add_argument("--model", type=checkpoint_folder,
+                    help="a checkpoint folder: time the whole model's prompt and decode steps instead")
     a = ap.parse_args()
-    if a.model and not os.path.isfile(os.path.join(a.model, "config.json")):
-        ap.error(f"--model {a.model}: not a checkpoint folder (no config.json)")
     from k25ref.kernels import moe_experts
     with tempfile.TemporaryDirectory() as folder:
         try:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from k25ref.options import ArgumentParser, lengths_arg, positive_int
+from k25ref.options import ArgumentParser, checkpoint_folder, lengths_arg, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,10 +79,9 @@ def main():
     ap.add_argument("--lengths", type=lengths_arg, default="128,192,256,320,384,512,768,1024",
                     help="comma-separated I, weights per row (grid)")
     ap.add_argument("--rounds", type=positive_int, default=21, help="alternating pairs per cell (default: 21)")
-    ap.add_argument("--model", help="a checkpoint folder: a whole prompt with the rule off and on instead")
+    ap.add_argument("--model", type=checkpoint_folder,
+                    help="a checkpoint folder: a whole prompt with the rule off and on instead")
     a = ap.parse_args()
-    if a.model and not os.path.isfile(os.path.join(a.model, "config.json")):
-        ap.error(f"--model {a.model}: not a checkpoint folder (no config.json)")
     from k25ref.engine import blas_threads
     with blas_threads(1):
         if a.model:
