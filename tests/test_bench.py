@@ -159,6 +159,8 @@ def test_help_names_the_engines_and_configs():
     ("bench_moe_kernel.py", ["--rounds", "nan"], "--rounds: 'nan' is not a whole number"),
     ("bench_moe_kernel.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
     ("bench_moe_kernel.py", ["--base", "no-such-revision"], "--base no-such-revision:"),
+    ("bench_moe_parts.py", ["--shapes", "tiny,huge"], "--shapes"),
+    ("bench_moe_parts.py", ["--tokens", "0"], "--tokens: '0' must be at least 1"),
     ("bench_short_rows.py", ["--lengths", "128,x"], "--lengths"),
     ("bench_short_rows.py", ["--rounds", "0"], "--rounds: '0' must be at least 1"),
     ("bench_short_rows.py", ["--model", "/nonexistent"], "not a checkpoint folder"),
@@ -189,3 +191,15 @@ def test_short_rows_tool_prints_its_grid_and_a_prompt_with_the_rule_off_and_on(t
     r = subprocess.run([sys.executable, tool, "--model", tiny, "--rounds", "1"], capture_output=True, text=True,
                        timeout=300, cwd=ROOT, env=env)
     assert r.returncode == 0 and "rule off" in r.stdout and "same token: True" in r.stdout, r.stdout + r.stderr
+
+
+def test_moe_parts_tool_prints_a_share_for_every_part_of_the_kernel():
+    """Its source edits still apply to kernels/moe_experts.py (else it stops and names the edit)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_moe_parts.py"), "--shapes", "tiny",
+                        "--tokens", "8", "--rounds", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env=dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    header, _, row = r.stdout.splitlines()
+    for part in ("whole kernel", "4x4 tiles", "row dequantization", "SiLU", "scatter into out", "rate"):
+        assert part in header
+    assert row.startswith("| tiny (256, 128, 16 top-4) |") and row.count("%") == 4 and row.endswith("G/s |")
