@@ -226,10 +226,10 @@ def varied_size(rng, large, video=False):
     return (long_, short) if family in ("wide", "any") else (short, long_)
 
 
-def varied_radius(rng, size, lo, hi):
-    """An object's 'radius' in pixels: a share in [lo, hi] of the frame's short side, or, P_SMALL_OBJECT of
-    the time, a small object of 7-12% of it (never under 3 px)."""
-    share = rng.uniform(0.07, 0.12) if rng.random() < P_SMALL_OBJECT else rng.uniform(lo, hi)
+def varied_radius(rng, size, lo, hi, p_small=P_SMALL_OBJECT):
+    """An object's 'radius' in pixels: a share in [lo, hi] of the frame's short side, or, p_small of the
+    time, a small object of 7-12% of it (never under 3 px)."""
+    share = rng.uniform(0.07, 0.12) if rng.random() < p_small else rng.uniform(lo, hi)
     return max(3.0, min(size) * share)
 
 
@@ -376,9 +376,10 @@ def drawn_mask(size):
     return Image.new("RGB", size)
 
 
-def varied_image(rng, large=False, masks=None):
+def varied_image(rng, large=False, masks=None, p_small=P_SMALL_OBJECT):
     """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files.
-    With a list `masks`, also appends the image's object mask (objects white on black, before the file pass)."""
+    With a list `masks`, also appends the image's object mask (objects white on black, before the file pass);
+    p_small is the share of small objects (varied_radius)."""
     size = varied_size(rng, large)
     n = 1 if rng.random() < 0.4 else 2                                      # two objects are harder: 60%
     names = list(POSITIONS)
@@ -386,7 +387,7 @@ def varied_image(rng, large=False, masks=None):
     image = varied_background(rng, [o.colour for o in objects], size)
     draw, mask = ImageDraw.Draw(image), drawn_mask(size)
     for o in objects:
-        r = varied_radius(rng, size, *((0.1, 0.32) if n == 1 else (0.09, 0.19)))
+        r = varied_radius(rng, size, *((0.1, 0.32) if n == 1 else (0.09, 0.19)), p_small)
         look = Look.random(rng, o.colour, r)
         centre = _centre(rng, o.position, size, r, jitter=0.07)
         _paint(draw, o.shape, look, *centre, r)
@@ -396,10 +397,11 @@ def varied_image(rng, large=False, masks=None):
     return _degrade(rng, image), caption(objects), objects
 
 
-def varied_video(rng, large=False, masks=None):
+def varied_video(rng, large=False, masks=None, p_small=P_SMALL_OBJECT):
     """-> (frames, fps, caption, [object]): one object moving over a clip whose frame rate is 1-10 fps and
     whose length gives 2-16 frames after 2 fps sampling (1-4 chunks; a single chunk 40% of the time).
-    With a list `masks`, also appends the object mask of every frame (white on black)."""
+    With a list `masks`, also appends the object mask of every frame (white on black); p_small as in
+    varied_image."""
     size = varied_size(rng, large, video=True)
     W, H = size
     o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
@@ -407,7 +409,7 @@ def varied_video(rng, large=False, masks=None):
     chunks = rng.choice([1, 2, 3, 4], p=[0.4, 0.35, 0.15, 0.1])
     kept = int(rng.integers(max(2, 4 * chunks - 3), 4 * chunks + 1))
     n = max(2, int(round(kept * fps / min(fps, 2.0))))
-    r = varied_radius(rng, size, 0.1, 0.22)
+    r = varied_radius(rng, size, 0.1, 0.22, p_small)
     look = Look.random(rng, o.colour, r)
     dx, dy = DIRECTIONS[o.direction]
     travel = rng.uniform(0.35, 0.7)

@@ -327,6 +327,19 @@ def test_varied_scenes_draw_tiny_frames_small_objects_and_pairs_often():
     assert 80 <= sum(r < 12.5 for r in radii) <= 160 and min(radii) >= 7.0
 
 
+def test_small_object_share_sets_how_often_varied_objects_are_small(monkeypatch):
+    """p_small (train_nano --small-objects) is the share of varied objects drawn at 7-12% of the short side:
+    none at 0, all at 1, and images and clips pass it on for every object they draw."""
+    rng = np.random.default_rng(12)
+    assert all(shapes.varied_radius(rng, (100, 100), 0.2, 0.3, p_small=0.0) >= 20.0 for _ in range(200))
+    assert all(shapes.varied_radius(rng, (100, 100), 0.2, 0.3, p_small=1.0) <= 12.0 for _ in range(200))
+    asked, radius = [], shapes.varied_radius
+    monkeypatch.setattr(shapes, "varied_radius", lambda *a: asked.append(a[-1]) or radius(*a))
+    shapes.varied_image(rng, p_small=0.9)
+    shapes.varied_video(rng, p_small=0.8)
+    assert asked[-1] == 0.8 and set(asked[:-1]) == {0.9}, asked
+
+
 def test_by_style_records_heldout_draws_without_changing_them(tmp_path):
     """tools/nano_failures.py --by-style notes each held-out draw's frame, background and object sizes; the
     draws, and the random stream after them, are those of eval-nano."""
@@ -433,6 +446,18 @@ def test_token_labels_read_varied_scenes_off_the_drawn_mask(torch_side):
         labelled, drawn = labelled + len(set(kind[on].tolist())), drawn + len(objects)
         tiny_small += max(image.size) <= 56 and on.any()
     assert labelled >= 0.9 * drawn and tiny_small >= 5, (labelled, drawn, tiny_small)
+
+
+@pytest.mark.parametrize("option,value", [("--varied", "2"), ("--small-objects", "-0.1"), ("--qat", "x"),
+                                          ("--p-large", "1.5")])
+def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, value, capsys):
+    """Shares (--varied, --small-objects, --qat, --p-large) are fractions: anything else is a one-line usage
+    error before any training starts."""
+    train_nano, _ = torch_side
+    assert train_nano.share("0") == 0.0 and train_nano.share("1") == 1.0
+    with pytest.raises(SystemExit) as e:
+        train_nano.main([option, value, "--quick"])
+    assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
 
 
 def test_tower_option_sizes_the_vision_tower_and_follows_the_folder(torch_side, tmp_path):

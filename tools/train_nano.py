@@ -203,9 +203,9 @@ class Balancer:
 class Data:
     """Token streams and fresh synthetic media, all from one seeded generator."""
 
-    def __init__(self, tok, seed, window=128, p_large=0.25, varied=0.0):
+    def __init__(self, tok, seed, window=128, p_large=0.25, varied=0.0, p_small=shapes.P_SMALL_OBJECT):
         self.tok, self.window, self.rng = tok, window, np.random.default_rng(seed)
-        self.p_large, self.large, self.varied = p_large, False, varied
+        self.p_large, self.large, self.varied, self.p_small = p_large, False, varied, p_small
         with open(os.path.join(DATA, "train.txt"), encoding="utf-8") as f:
             self.train = np.array(tok.encode(f.read()), np.int64)
         self.pad = tok.media_pad_id
@@ -236,7 +236,7 @@ class Data:
         drawn = None
         if self.rng.random() < self.varied:
             masks = []
-            image, text, objects = shapes.varied_image(self.rng, self.large, masks)
+            image, text, objects = shapes.varied_image(self.rng, self.large, masks, self.p_small)
             drawn = media.preprocess_image(masks[0])[0]
         else:
             image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
@@ -248,7 +248,7 @@ class Data:
         drawn = None
         if self.rng.random() < self.varied:
             masks = []
-            frames, fps, text, objects = shapes.varied_video(self.rng, self.large, masks)
+            frames, fps, text, objects = shapes.varied_video(self.rng, self.large, masks, self.p_small)
             drawn = media.preprocess_video(masks, fps=fps)[0]
         else:
             (frames, text, objects), fps = shapes.random_video(self.rng), shapes.VIDEO_FPS
@@ -603,7 +603,7 @@ def train(args):
     if args.vision_from:           # the tower and projector of another run (--vision-only), of any --tower size
         take(model, load_oracle(args.vision_from), vision)
     model.train()
-    data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied)
+    data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects)
     balancer = Balancer(model)
     probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 or args.vision_only else None
     if probe is not None and args.probe_file and os.path.exists(args.probe_file):
@@ -751,6 +751,16 @@ def plot_side_by_side(log_paths, png, smooth=50):
                 "Vision tower alone: read-out loss, runs side by side")
 
 
+def share(text):  # argparse type: "0.3" -> 0.3, a fraction from 0 to 1
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is a share: from 0 to 1")
+    return x
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
@@ -760,17 +770,19 @@ def main(argv=None):
     p.add_argument("--decoder-lr", type=float, default=1.0, help="the decoder's (embeddings, layers, "
                    "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
     p.add_argument("--init", default=None, help="start from this released-layout folder instead of random weights")
-    p.add_argument("--qat", type=float, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
+    p.add_argument("--qat", type=share, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
     p.add_argument("--text-batch", type=int, default=8)
     p.add_argument("--chat-text-batch", type=int, default=2)
     p.add_argument("--image-batch", type=int, default=8)
     p.add_argument("--video-batch", type=int, default=4)
     p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
                    "with --plot, comma-separated logs of consecutive phases")
-    p.add_argument("--p-large", type=float, default=0.25, help="share of caption batches with large images")
-    p.add_argument("--varied", type=float, default=0.0, help="share of images and videos drawn by "
+    p.add_argument("--p-large", type=share, default=0.25, help="share of caption batches with large images")
+    p.add_argument("--varied", type=share, default=0.0, help="share of images and videos drawn by "
                    "k25ref.shapes.varied_image/varied_video (other frames, backgrounds, looks, frame rates, "
                    "single-chunk clips) instead of random_image/random_video")
+    p.add_argument("--small-objects", type=share, default=shapes.P_SMALL_OBJECT, help="in varied scenes, "
+                   "the share of objects drawn small (7-12%% of the frame's short side; default %(default)s)")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
     p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
