@@ -366,6 +366,32 @@ def test_by_style_records_heldout_draws_without_changing_them(tmp_path):
     assert "| images | frame | tiny (n=2) | 50% | 0% |" in text and "| images | all | all (n=4) | 75% | 25% |" in text
 
 
+def test_by_style_on_varied_scenes_notes_frames_and_radii_without_changing_them():
+    """--by-style --generator varied: the training family's scenes, the same pixels and random stream as
+    shapes.varied_* drawn plainly, with the frame (tiny or other) and every object's radius noted."""
+    sys.path.insert(0, TOOLS)
+    import nano_failures
+    for kind in ("image", "video"):
+        for k in range(8):
+            plain, noted = (np.random.default_rng([78, k]) for _ in range(2))
+            a = nano_failures.draw_varied(kind, plain)
+            with nano_failures.recording_varied({}) as scene:
+                b = nano_failures.draw_varied(kind, noted)
+            assert a[1] == b[1] and plain.random() == noted.random()
+            first = (lambda s: s if kind == "image" else s[0][0])
+            assert np.array_equal(np.asarray(first(a[0])), np.asarray(first(b[0])))
+            assert scene["frame"] == ("tiny" if max(first(b[0]).size) <= 56 else "other")
+            assert len(scene["sizes"]) == len(b[2]) and min(scene["sizes"]) >= 3
+            groups = dict(nano_failures.groups(kind, scene, b[0], 1))
+            assert "file" not in groups and "background" not in groups and groups["frame"] == scene["frame"]
+    assert shapes.varied_radius.__name__ == "varied_radius"                  # restored on leaving
+    text = nano_failures.markdown({"A": {"image": {"all": {"all": [1, 2]}}}}, ["A"], "varied")
+    assert text.startswith("| varied | group | value | A |")
+    with pytest.raises(SystemExit) as e:
+        nano_failures.main(["--generator", "varied"])
+    assert e.value.code == 2
+
+
 def test_heldout_coverage_is_the_shape_geometry():
     """The held-out rasteriser covers the area of the shape it names, centred where asked."""
     from k25ref import shapes_eval
@@ -458,6 +484,43 @@ def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, val
     with pytest.raises(SystemExit) as e:
         train_nano.main([option, value, "--quick"])
     assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])
+def test_grown_tower_sees_what_the_smaller_one_saw(torch_side, size):
+    """--grow-from: a tower grown wider (channels repeated) or deeper (identity blocks) gives the projector's
+    output of the smaller tower it grew from, before any training; with noise the copies differ."""
+    import torch
+    from k25ref import media
+    train_nano, _ = torch_side
+    small = train_nano.build_model(train_nano.nano_hub_config(), seed=3).eval()
+    for module in small.model.vision_tower.modules():                  # biases and norms not at their init
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.Linear)) and module.bias is not None:
+            torch.nn.init.normal_(module.bias, std=0.1)
+    pv, grid = media.preprocess_image(shapes.varied_image(np.random.default_rng(5))[0])
+    with torch.no_grad():
+        want = train_nano.vision_features(small, pv, grid)
+        grown = train_nano.build_model(train_nano.nano_hub_config(train_nano.tower(size)), seed=4).eval()
+        train_nano.grow_vision(grown, small, noise=0.0)
+        got = train_nano.vision_features(grown, pv, grid)
+        assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+        train_nano.grow_vision(grown, small, noise=0.01)
+        moved = float((train_nano.vision_features(grown, pv, grid) - want).abs().max())
+    assert (moved > 1e-4 * float(want.abs().max())) == (size != "96x4")         # only copies get noise
+    with pytest.raises(ValueError, match="grows only"):
+        train_nano.grow_vision(train_nano.build_model(train_nano.nano_hub_config(train_nano.tower("144x3")), 0), small)
+
+
+def test_grow_from_needs_a_larger_tower(torch_side, tmp_path):
+    """--grow-from without --tower, with --vision-from, or into a tower that is not a whole multiple as wide
+    or is shallower: a one-line usage error."""
+    train_nano, _ = torch_side
+    hub = train_nano.nano_hub_config()
+    train_nano.save_released(train_nano.build_model(hub, seed=5), hub, str(tmp_path / "small"))
+    for extra in ([], ["--tower", "144x3"], ["--tower", "192x2"], ["--tower", "192x3", "--vision-from", str(tmp_path / "small")]):
+        with pytest.raises(SystemExit) as e:
+            train_nano.main(["--quick", "--grow-from", str(tmp_path / "small")] + extra)
+        assert e.value.code == 2
 
 
 def test_tower_option_sizes_the_vision_tower_and_follows_the_folder(torch_side, tmp_path):

@@ -12,7 +12,9 @@ column per model, the exact-caption rate by frame family, background, number of 
 (half-extent in pixels), and for clips file format and chunks. The held-out generator keeps no record of
 those draws, so `recording` notes the arguments its drawing functions are called with (the draws
 themselves are unchanged). Pass `--seed` other than eval-nano's, so that what is studied is not what the
-tables report.
+tables report. `--generator varied` draws the training family's varied scenes (`k25ref.shapes.varied_image`,
+`varied_video`) instead, grouped by frame (tiny: no side over 56 px), number of objects, the smallest object's
+radius and chunks: whether a failure on the held-out generator is a failure on the training family too.
 
 --probe FILE (once per --model, in the same order) measures a vision tower alone, as `tools/train_nano.py
 --vision-only` leaves it: its training-only read-out (the --probe-file saved with it) on the same held-out
@@ -110,6 +112,35 @@ def recording(scene, masks=False):
         yield scene
 
 
+@contextlib.contextmanager
+def recording_varied(scene):
+    """The same for the training family's varied scenes (shapes.varied_image / varied_video): the frame
+    ("tiny" when no side is over 56 px, else "other") and every object's radius ("sizes")."""
+    size_of, radius_of = shapes.varied_size, shapes.varied_radius
+
+    def note_size(rng, large, video=False):
+        size = size_of(rng, large, video)
+        scene["frame"] = "tiny" if max(size) <= 56 else "other"
+        return size
+
+    def note_radius(*args):
+        scene.setdefault("sizes", []).append(float(radius_of(*args)))
+        return scene["sizes"][-1]
+
+    with mock.patch.object(shapes, "varied_size", note_size), mock.patch.object(shapes, "varied_radius", note_radius):
+        yield scene
+
+
+def draw_varied(kind, rng):
+    """One varied scene of the training family, large a quarter of the time -> (image, or (frames, fps),
+    truth caption, truth objects)."""
+    large = bool(rng.random() < 0.25)
+    if kind == "image":
+        return shapes.varied_image(rng, large)
+    frames, fps, text, objects = shapes.varied_video(rng, large)
+    return (frames, fps), text, objects
+
+
 def size_bin(half_extent):
     return next(label for label, below in SIZES if half_extent < below)
 
@@ -121,22 +152,28 @@ def value_order(item):  # sizes small to large, other values alphabetically
 
 def groups(kind, scene, sample, chunks):
     """-> [(group, value)] a captioned sample falls in."""
-    out = [("frame", scene["frame"]), ("background", scene["background"]),
-           ("smallest object", size_bin(min(scene["sizes"])))]
+    out = [(group, scene[group]) for group in ("frame", "background") if group in scene]
+    out.append(("smallest object", size_bin(min(scene["sizes"]))))
     if kind == "image":
         return [("objects", str(len(scene["sizes"])))] + out
-    return out + [("file", os.path.splitext(sample[0])[1][1:]), ("chunks", "1" if chunks == 1 else "2-4")]
+    file = [("file", os.path.splitext(sample[0])[1][1:])] if isinstance(sample[0], str) else []
+    return out + file + [("chunks", "1" if chunks == 1 else "2-4")]
 
 
-def by_style(model, tok, n_images, n_videos, seed):
-    """-> {kind: {group: {value: [exact, n]}}} over held-out images and clips drawn as eval-nano draws them."""
+def by_style(model, tok, n_images, n_videos, seed, generator="held-out"):
+    """-> {kind: {group: {value: [exact, n]}}} over held-out images and clips drawn as eval-nano draws them,
+    or with generator "varied" over the training family's varied scenes (frame tiny or not, objects' radii)."""
     table = {}
     with tempfile.TemporaryDirectory() as folder:
         for kind, n in (("image", n_images), ("video", n_videos)):
-            rng, rows = nano_eval.eval_rng(seed, kind, "held-out"), defaultdict(lambda: defaultdict(lambda: [0, 0]))
-            for _ in bar(range(n), desc=f"held-out {kind}s by style", unit=kind):
-                with recording({}) as scene:
-                    sample, _, truth = nano_eval.draw(kind, "held-out", rng, folder)
+            rng, rows = nano_eval.eval_rng(seed, kind, generator), defaultdict(lambda: defaultdict(lambda: [0, 0]))
+            for _ in bar(range(n), desc=f"{generator} {kind}s by style", unit=kind):
+                if generator == "varied":
+                    with recording_varied({}) as scene:
+                        sample, _, truth = draw_varied(kind, rng)
+                else:
+                    with recording({}) as scene:
+                        sample, _, truth = nano_eval.draw(kind, "held-out", rng, folder)
                 got, chunks = nano_eval.caption(model, tok, kind, sample)
                 exact = int(shapes.score_caption(got, truth)["exact"])
                 for group, value in [("all", "all")] + groups(kind, scene, sample, chunks):
@@ -202,10 +239,10 @@ def probe_markdown(tables, names):
     return "\n".join(lines)
 
 
-def markdown(tables, names):
+def markdown(tables, names, generator="held-out"):
     """{name: by_style table} -> a Markdown table: exact-caption rate (n) per group value, a column per model."""
     first = tables[names[0]]
-    lines = ["| held-out | group | value | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    lines = [f"| {generator} | group | value | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for kind in first:
         for group, values in first[kind].items():
             for value, (_, n) in values.items():
@@ -245,6 +282,9 @@ def main(argv=None):
                    "default k25ref/assets/nano)")
     p.add_argument("--by-style", action="store_true", help="print exact captions by frame, background, objects "
                    "and object size as a Markdown table instead of drawing failures")
+    p.add_argument("--generator", choices=("held-out", "varied"), default="held-out", help="with --by-style: "
+                   "the held-out generator (k25ref.shapes_eval), or the training family's varied scenes "
+                   "(k25ref.shapes.varied_image/varied_video), grouped by frame (tiny or not) and object radius")
     p.add_argument("--images", type=int, default=300, help="held-out images to caption with --by-style")
     p.add_argument("--videos", type=int, default=0, help="held-out clips to caption with --by-style")
     p.add_argument("--probe", action="append", metavar="FILE", help="the read-out weights (train_nano.py "
@@ -258,6 +298,8 @@ def main(argv=None):
     names = args.model or [nano_eval.NANO_PATH]
     if args.json and os.path.exists(args.json):
         p.error(f"--json {args.json}: exists; give a new file name")
+    if args.generator != "held-out" and not args.by_style:
+        p.error(f"--generator {args.generator}: only with --by-style")
     if args.probe and len(args.probe) != len(names):
         p.error(f"--probe: {len(args.probe)} read-out files for {len(names)} --model folders; give one per model")
     for path in args.probe or []:
@@ -283,9 +325,9 @@ def run(args, names):
         return
     if args.by_style:
         models = {m: (load_model(m), Tokenizer.from_pretrained(m)) for m in names}   # every folder read first
-        tables = {m: by_style(*models[m], args.images, args.videos, args.seed) for m in names}
-        write_json(args.json, {"seed": args.seed, "tables": tables})
-        print(markdown(tables, names))
+        tables = {m: by_style(*models[m], args.images, args.videos, args.seed, args.generator) for m in names}
+        write_json(args.json, {"seed": args.seed, "generator": args.generator, "tables": tables})
+        print(markdown(tables, names, args.generator))
         return
     model, tok = load_model(names[0]), Tokenizer.from_pretrained(names[0])
     with tempfile.TemporaryDirectory() as folder:

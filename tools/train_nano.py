@@ -127,6 +127,58 @@ def routers(model):
     return [layer.mlp.gate for layer in model.model.language_model.layers if hasattr(layer.mlp, "gate")]
 
 
+def repeat_index(n, base):  # -> (n,) the old channel each of n new channels copies: 0..base-1, repeated
+    return torch.arange(n) % base
+
+
+def widened(w, rows, cols, k):  # (O, I) -> (len(rows), len(cols)): a Linear reading inputs repeated k times
+    return w[rows][:, cols] / k
+
+
+def grow_vision(model, saved, noise=0.01, seed=0):
+    """Put the tower and projector of `saved` (a smaller --tower) into `model`'s with the same function
+    (Net2Net): a tower k times as wide repeats every channel k times and divides the weights that read them by
+    k (LayerNorm sees the same mean and variance; head h + j*old_heads copies head h), and blocks past the
+    old depth start as identities (their attention and MLP outputs zero). Noise of `noise` x each matrix's
+    spread on the copies' rows lets them drift apart."""
+    old, new = saved.model.vision_tower, model.model.vision_tower
+    D0, D = old.patch_embed.proj.out_channels, new.patch_embed.proj.out_channels
+    blocks0, blocks = len(old.layers), len(new.layers)
+    if D % D0 or blocks < blocks0:
+        raise ValueError(f"a {D0}x{blocks0} tower grows only into a width that is a multiple of {D0} and "
+                         f"{blocks0} or more blocks, not {D}x{blocks}")
+    k, gen = D // D0, torch.Generator().manual_seed(seed)
+
+    def jitter(w):                                  # noise on the rows after the first copy
+        copies = (torch.arange(w.shape[0]) >= w.shape[0] // k).float()[:, None]
+        return w + noise * w.std() * torch.randn(w.shape, generator=gen) * copies
+
+    state = new.state_dict()
+    for name, w in old.state_dict().items():
+        if w.dim() == 2:                                                     # Linear (out, in)
+            state[name] = jitter(widened(w, repeat_index(k * w.shape[0], w.shape[0]),
+                                         repeat_index(k * w.shape[1], w.shape[1]), k))
+        elif name.endswith("position_embeddings"):                           # (h, w, D)
+            state[name] = w[..., repeat_index(D, D0)].clone()
+        else:                                                                # biases, norms, patch filters
+            state[name] = w[repeat_index(k * w.shape[0], w.shape[0])].clone()
+    for b in range(blocks0, blocks):
+        for name in (f"layers.{b}.attn.proj.weight", f"layers.{b}.attn.proj.bias",
+                     f"layers.{b}.mlp.fc2.weight", f"layers.{b}.mlp.fc2.bias"):
+            state[name] = torch.zeros_like(state[name])
+    new.load_state_dict(state)
+    proj, merged = saved.model.mm_projector.state_dict(), torch.arange(4 * D)
+    merged = (merged // D) * D0 + merged % D % D0                            # 2x2 patches side by side
+    out = repeat_index(4 * D, 4 * D0)
+    model.model.mm_projector.load_state_dict({
+        "pre_norm.weight": proj["pre_norm.weight"][repeat_index(D, D0)],
+        "pre_norm.bias": proj["pre_norm.bias"][repeat_index(D, D0)],
+        "in_proj.weight": jitter(widened(proj["in_proj.weight"], out, merged, k)),
+        "in_proj.bias": proj["in_proj.bias"][out],
+        "out_proj.weight": proj["out_proj.weight"][:, out] / k,
+        "out_proj.bias": proj["out_proj.bias"].clone()})
+
+
 def int4_round(w):  # (..., O, I) -> same, the values INT4 + bf16 scale represent (compressed-tensors' bf16(q*s))
     """Symmetric group-32 INT4 along the input (last) dim, as k25ref.int4.quantize/dequantize, in torch."""
     g = w.reshape(*w.shape[:-1], w.shape[-1] // GROUP, GROUP)
@@ -599,9 +651,12 @@ def train(args):
     hub = nano_hub_config(args.tower)
     model, vision = build_model(hub, args.seed), ("vision_tower", "mm_projector")
     if args.init:                  # continue from a released-layout folder (fresh optimiser), its tower too
-        take(model, load_oracle(args.init), ("language_model", "lm_head") + (() if args.vision_from else vision))
+        take(model, load_oracle(args.init), ("language_model", "lm_head") +
+             (() if args.vision_from or args.grow_from else vision))
     if args.vision_from:           # the tower and projector of another run (--vision-only), of any --tower size
         take(model, load_oracle(args.vision_from), vision)
+    if args.grow_from:             # a smaller tower, grown into --tower with the same function
+        grow_vision(model, load_oracle(args.grow_from), seed=args.seed)
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects)
     balancer = Balancer(model)
@@ -648,7 +703,7 @@ def train(args):
         step += 1
         rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4),
-               "probe_loss": round(float(probe_loss), 4), "qat": qat}
+               "probe_loss": round(float(torch.as_tensor(probe_loss).detach()), 4), "qat": qat}
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % 10 == 0 or args.quick:
@@ -789,6 +844,9 @@ def main(argv=None):
                    "on media with the read-out loss (no decoder, no captions)")
     p.add_argument("--vision-from", default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
+    p.add_argument("--grow-from", default=None, metavar="FOLDER", help="start the tower and projector from "
+                   "this folder's smaller tower, grown into --tower with the same function: wider by repeating "
+                   "channels (a whole multiple), deeper by identity blocks")
     p.add_argument("--probe-file", default=None, help="read-out weights: loaded if the file exists, saved at the end")
     p.add_argument("--tower", type=tower, default=None, metavar="WIDTHxBLOCKS",
                    help="the vision tower's size: width (a multiple of 48, one head per 48) x blocks, MLP twice "
@@ -813,7 +871,15 @@ def main(argv=None):
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return
-    folder = args.vision_from or args.init
+    if args.grow_from:
+        saved = vision_of(args.grow_from)
+        if args.vision_from or args.tower is None:
+            p.error("--grow-from: give the grown tower's --tower, and no --vision-from")
+        if args.tower["vt_hidden_size"] % saved["vt_hidden_size"] or \
+                args.tower["vt_num_hidden_layers"] < saved["vt_num_hidden_layers"]:
+            p.error(f"--grow-from: {args.grow_from} holds a {saved['vt_hidden_size']}x"
+                    f"{saved['vt_num_hidden_layers']} tower; --tower must be a whole multiple as wide, as deep or deeper")
+    folder = None if args.grow_from else args.vision_from or args.init
     if folder:
         saved = vision_of(folder)
         if args.tower not in (None, saved):
