@@ -557,13 +557,14 @@ def test_cached_weights_never_touch_a_truncated_map(base, tmp_path):
 
 
 def test_absurd_config_sizes_fail_fast(base, tmp_path):
-    """A config claiming 10^12 experts must be refused, not enumerated (run in a child with a time limit)."""
+    """A config claiming 10^12 experts must be refused, not enumerated (run in a child with a time limit: a
+    minute, far above an import on a loaded machine and far below enumerating 10^12 of anything)."""
     d = tmp_path / "ck"
     shutil.copytree(base, d)
     config(lambda c: c["text_config"].__setitem__("n_routed_experts", 10**12))(d)
     script = f"import k25ref\ntry:\n    k25ref.load_model({str(d)!r})\nexcept k25ref.K25RefError as e:\n    print('refused')"
     try:
-        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=4)
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         r = None
     assert r is not None and r.stdout.strip() == "refused"
