@@ -106,6 +106,16 @@ def positive_int(text):  # argparse type: "3" -> 3, a count of at least 1
     return n
 
 
+def share_arg(text):  # argparse type: "0.3" -> 0.3, a fraction from 0 to 1 (NaN refused)
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is a share: from 0 to 1")
+    return x
+
+
 def size_arg(text):  # argparse type: "4GiB" -> 4 * 2**30
     try:
         return parse_size(text)

@@ -387,9 +387,10 @@ def test_by_style_on_varied_scenes_notes_frames_and_radii_without_changing_them(
     assert shapes.varied_radius.__name__ == "varied_radius"                  # restored on leaving
     text = nano_failures.markdown({"A": {"image": {"all": {"all": [1, 2]}}}}, ["A"], "varied")
     assert text.startswith("| varied | group | value | A |")
-    with pytest.raises(SystemExit) as e:
-        nano_failures.main(["--generator", "varied"])
-    assert e.value.code == 2
+    for args in (["--generator", "varied"], ["--generator", "varied", "--by-style", "--probe", __file__]):
+        with pytest.raises(SystemExit) as e:
+            nano_failures.main(args)
+        assert e.value.code == 2
 
 
 def test_heldout_coverage_is_the_shape_geometry():
@@ -475,12 +476,13 @@ def test_token_labels_read_varied_scenes_off_the_drawn_mask(torch_side):
 
 
 @pytest.mark.parametrize("option,value", [("--varied", "2"), ("--small-objects", "-0.1"), ("--qat", "x"),
-                                          ("--p-large", "1.5")])
+                                          ("--p-large", "1.5"), ("--varied", "nan")])
 def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, value, capsys):
     """Shares (--varied, --small-objects, --qat, --p-large) are fractions: anything else is a one-line usage
     error before any training starts."""
     train_nano, _ = torch_side
-    assert train_nano.share("0") == 0.0 and train_nano.share("1") == 1.0
+    from k25ref.options import share_arg
+    assert share_arg("0") == 0.0 and share_arg("1") == 1.0
     with pytest.raises(SystemExit) as e:
         train_nano.main([option, value, "--quick"])
     assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
@@ -520,6 +522,10 @@ def test_grow_from_needs_a_larger_tower(torch_side, tmp_path):
     for extra in ([], ["--tower", "144x3"], ["--tower", "192x2"], ["--tower", "192x3", "--vision-from", str(tmp_path / "small")]):
         with pytest.raises(SystemExit) as e:
             train_nano.main(["--quick", "--grow-from", str(tmp_path / "small")] + extra)
+        assert e.value.code == 2
+    for folder in (tmp_path / "missing", tmp_path / "small" / "config.json"):          # not a checkpoint folder
+        with pytest.raises(SystemExit) as e:
+            train_nano.main(["--quick", "--tower", "192x3", "--grow-from", str(folder)])
         assert e.value.code == 2
 
 

@@ -298,8 +298,8 @@ def main(argv=None):
     names = args.model or [nano_eval.NANO_PATH]
     if args.json and os.path.exists(args.json):
         p.error(f"--json {args.json}: exists; give a new file name")
-    if args.generator != "held-out" and not args.by_style:
-        p.error(f"--generator {args.generator}: only with --by-style")
+    if args.generator != "held-out" and (not args.by_style or args.probe):
+        p.error(f"--generator {args.generator}: only with --by-style, without --probe")
     if args.probe and len(args.probe) != len(names):
         p.error(f"--probe: {len(args.probe)} read-out files for {len(names)} --model folders; give one per model")
     for path in args.probe or []:

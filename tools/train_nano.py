@@ -57,6 +57,7 @@ from k25ref.checkpoint import f32_to_bf16  # noqa: E402
 from k25ref.config import from_hf  # noqa: E402
 from k25ref.int4 import dequantize, quantize  # noqa: E402
 from k25ref.make_tiny import _hub_config, copy_tokenizer, write_safetensors  # noqa: E402
+from k25ref.options import checkpoint_folder, share_arg  # noqa: E402
 from k25ref.tokenizer import Tokenizer  # noqa: E402
 from k25ref.weights import LM_HEAD, TEXT, expected_tensors, vision_tensors  # noqa: E402
 
@@ -135,6 +136,13 @@ def widened(w, rows, cols, k):  # (O, I) -> (len(rows), len(cols)): a Linear rea
     return w[rows][:, cols] / k
 
 
+def grow_refusal(D0, blocks0, D, blocks):  # -> why a D0 x blocks0 tower cannot grow into D x blocks, or None
+    if D % D0 or blocks < blocks0:
+        return (f"a {D0}x{blocks0} tower grows only into a width that is a multiple of {D0} and "
+                f"{blocks0} or more blocks, not {D}x{blocks}")
+    return None
+
+
 def grow_vision(model, saved, noise=0.01, seed=0):
     """Put the tower and projector of `saved` (a smaller --tower) into `model`'s with the same function
     (Net2Net): a tower k times as wide repeats every channel k times and divides the weights that read them by
@@ -144,9 +152,9 @@ def grow_vision(model, saved, noise=0.01, seed=0):
     old, new = saved.model.vision_tower, model.model.vision_tower
     D0, D = old.patch_embed.proj.out_channels, new.patch_embed.proj.out_channels
     blocks0, blocks = len(old.layers), len(new.layers)
-    if D % D0 or blocks < blocks0:
-        raise ValueError(f"a {D0}x{blocks0} tower grows only into a width that is a multiple of {D0} and "
-                         f"{blocks0} or more blocks, not {D}x{blocks}")
+    refusal = grow_refusal(D0, blocks0, D, blocks)
+    if refusal:
+        raise ValueError(refusal)
     k, gen = D // D0, torch.Generator().manual_seed(seed)
 
     def jitter(w):                                  # noise on the rows after the first copy
@@ -806,16 +814,6 @@ def plot_side_by_side(log_paths, png, smooth=50):
                 "Vision tower alone: read-out loss, runs side by side")
 
 
-def share(text):  # argparse type: "0.3" -> 0.3, a fraction from 0 to 1
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is a share: from 0 to 1")
-    return x
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
@@ -824,27 +822,27 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--decoder-lr", type=float, default=1.0, help="the decoder's (embeddings, layers, "
                    "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
-    p.add_argument("--init", default=None, help="start from this released-layout folder instead of random weights")
-    p.add_argument("--qat", type=share, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
+    p.add_argument("--init", type=checkpoint_folder, default=None, help="start from this released-layout folder instead of random weights")
+    p.add_argument("--qat", type=share_arg, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
     p.add_argument("--text-batch", type=int, default=8)
     p.add_argument("--chat-text-batch", type=int, default=2)
     p.add_argument("--image-batch", type=int, default=8)
     p.add_argument("--video-batch", type=int, default=4)
     p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
                    "with --plot, comma-separated logs of consecutive phases")
-    p.add_argument("--p-large", type=share, default=0.25, help="share of caption batches with large images")
-    p.add_argument("--varied", type=share, default=0.0, help="share of images and videos drawn by "
+    p.add_argument("--p-large", type=share_arg, default=0.25, help="share of caption batches with large images")
+    p.add_argument("--varied", type=share_arg, default=0.0, help="share of images and videos drawn by "
                    "k25ref.shapes.varied_image/varied_video (other frames, backgrounds, looks, frame rates, "
                    "single-chunk clips) instead of random_image/random_video")
-    p.add_argument("--small-objects", type=share, default=shapes.P_SMALL_OBJECT, help="in varied scenes, "
+    p.add_argument("--small-objects", type=share_arg, default=shapes.P_SMALL_OBJECT, help="in varied scenes, "
                    "the share of objects drawn small (7-12%% of the frame's short side; default %(default)s)")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
     p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
                    "on media with the read-out loss (no decoder, no captions)")
-    p.add_argument("--vision-from", default=None, metavar="FOLDER",
+    p.add_argument("--vision-from", type=checkpoint_folder, default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
-    p.add_argument("--grow-from", default=None, metavar="FOLDER", help="start the tower and projector from "
+    p.add_argument("--grow-from", type=checkpoint_folder, default=None, metavar="FOLDER", help="start the tower and projector from "
                    "this folder's smaller tower, grown into --tower with the same function: wider by repeating "
                    "channels (a whole multiple), deeper by identity blocks")
     p.add_argument("--probe-file", default=None, help="read-out weights: loaded if the file exists, saved at the end")
@@ -875,10 +873,10 @@ def main(argv=None):
         saved = vision_of(args.grow_from)
         if args.vision_from or args.tower is None:
             p.error("--grow-from: give the grown tower's --tower, and no --vision-from")
-        if args.tower["vt_hidden_size"] % saved["vt_hidden_size"] or \
-                args.tower["vt_num_hidden_layers"] < saved["vt_num_hidden_layers"]:
-            p.error(f"--grow-from: {args.grow_from} holds a {saved['vt_hidden_size']}x"
-                    f"{saved['vt_num_hidden_layers']} tower; --tower must be a whole multiple as wide, as deep or deeper")
+        refusal = grow_refusal(saved["vt_hidden_size"], saved["vt_num_hidden_layers"],
+                               args.tower["vt_hidden_size"], args.tower["vt_num_hidden_layers"])
+        if refusal:
+            p.error(f"--grow-from {args.grow_from}: {refusal} (--tower)")
     folder = None if args.grow_from else args.vision_from or args.init
     if folder:
         saved = vision_of(folder)
