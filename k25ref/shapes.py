@@ -209,14 +209,22 @@ FRAME_FAMILIES = ("square", "wide", "tall", "tiny", "any")
 FRAME_WEIGHTS = (0.2, 0.15, 0.15, 0.3, 0.2)                 # tiny frames are the hardest to read: drawn most
 FRAME_RATES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)     # clip frame rates: 100 ms - 1 s per frame
 P_SMALL_OBJECT = 0.3                                        # share of objects 7-12% of the short side
+P_TINY_FRAME = FRAME_WEIGHTS[FRAME_FAMILIES.index("tiny")]  # share of (not large) frames 36-56 px a side
 
 
-def varied_size(rng, large, video=False):
+def frame_weights(p_tiny):
+    """FRAME_WEIGHTS with the tiny family at p_tiny and the other families sharing the rest as before."""
+    k = FRAME_FAMILIES.index("tiny")
+    rest = (1.0 - p_tiny) / (1.0 - FRAME_WEIGHTS[k])
+    return [p_tiny if i == k else w * rest for i, w in enumerate(FRAME_WEIGHTS)]
+
+
+def varied_size(rng, large, video=False, p_tiny=P_TINY_FRAME):
     """(width, height) of a square, wide, tall, tiny or any-shaped frame; large frames are up to 320 px a
-    side (224 for clips), small ones up to 160 (112 for clips)."""
+    side (224 for clips), small ones up to 160 (112 for clips); p_tiny of the small ones are tiny."""
     top = (224 if video else 320) if large else (112 if video else 160)
     lo = 112 if large else 40
-    family = rng.choice(FRAME_FAMILIES, p=FRAME_WEIGHTS)
+    family = rng.choice(FRAME_FAMILIES, p=frame_weights(p_tiny))
     if family == "tiny" and not large:
         return int(rng.integers(36, 57)), int(rng.integers(36, 57))
     short = int(rng.integers(lo, max(lo + 1, top // (1 if family in ("square", "tiny") else 2)) + 1))
@@ -376,11 +384,11 @@ def drawn_mask(size):
     return Image.new("RGB", size)
 
 
-def varied_image(rng, large=False, masks=None, p_small=P_SMALL_OBJECT):
+def varied_image(rng, large=False, masks=None, p_small=P_SMALL_OBJECT, p_tiny=P_TINY_FRAME):
     """random_image with varied frames, backgrounds, colours, object scales, turns, outlines and files.
     With a list `masks`, also appends the image's object mask (objects white on black, before the file pass);
-    p_small is the share of small objects (varied_radius)."""
-    size = varied_size(rng, large)
+    p_small is the share of small objects (varied_radius), p_tiny that of tiny frames (varied_size)."""
+    size = varied_size(rng, large, p_tiny=p_tiny)
     n = 1 if rng.random() < 0.4 else 2                                      # two objects are harder: 60%
     names = list(POSITIONS)
     objects = [_random_object(rng, position=names[k]) for k in sorted(rng.choice(len(names), n, replace=False))]
@@ -397,12 +405,12 @@ def varied_image(rng, large=False, masks=None, p_small=P_SMALL_OBJECT):
     return _degrade(rng, image), caption(objects), objects
 
 
-def varied_video(rng, large=False, masks=None, p_small=P_SMALL_OBJECT):
+def varied_video(rng, large=False, masks=None, p_small=P_SMALL_OBJECT, p_tiny=P_TINY_FRAME):
     """-> (frames, fps, caption, [object]): one object moving over a clip whose frame rate is 1-10 fps and
     whose length gives 2-16 frames after 2 fps sampling (1-4 chunks; a single chunk 40% of the time).
-    With a list `masks`, also appends the object mask of every frame (white on black); p_small as in
-    varied_image."""
-    size = varied_size(rng, large, video=True)
+    With a list `masks`, also appends the object mask of every frame (white on black); p_small and p_tiny
+    as in varied_image."""
+    size = varied_size(rng, large, video=True, p_tiny=p_tiny)
     W, H = size
     o = _random_object(rng, direction=str(rng.choice(list(DIRECTIONS))))
     fps = float(rng.choice(FRAME_RATES))

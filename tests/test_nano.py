@@ -340,6 +340,24 @@ def test_small_object_share_sets_how_often_varied_objects_are_small(monkeypatch)
     assert asked[-1] == 0.8 and set(asked[:-1]) == {0.9}, asked
 
 
+def test_tiny_frame_share_sets_how_often_varied_frames_are_tiny():
+    """p_tiny (train_nano --tiny-frames) is the share of not-large varied frames drawn 36-56 px a side: the
+    default keeps FRAME_WEIGHTS (so default draws are those of before), 1 gives only tiny frames, 0 only the
+    small squares of other families that happen to be as small, and images and clips pass it on; large
+    frames are never tiny."""
+    assert shapes.frame_weights(shapes.P_TINY_FRAME) == list(shapes.FRAME_WEIGHTS)
+    assert abs(sum(shapes.frame_weights(0.8)) - 1.0) < 1e-12
+
+    def tiny(p, large=False, video=False, n=200):
+        rng = np.random.default_rng(13)
+        return sum(max(shapes.varied_size(rng, large, video, p_tiny=p)) <= 56 for _ in range(n))
+    assert tiny(0.0) <= 30 and tiny(1.0) == 200 and tiny(1.0, video=True) == 200 and tiny(1.0, large=True) == 0
+    assert 130 <= tiny(0.8) <= 190, tiny(0.8)
+    rng = np.random.default_rng(14)
+    assert max(shapes.varied_image(rng, p_tiny=1.0)[0].size) <= 56
+    assert max(shapes.varied_video(rng, p_tiny=1.0)[0][0].size) <= 56
+
+
 def test_by_style_records_heldout_draws_without_changing_them(tmp_path):
     """tools/nano_failures.py --by-style notes each held-out draw's frame, background and object sizes; the
     draws, and the random stream after them, are those of eval-nano."""
@@ -476,9 +494,9 @@ def test_token_labels_read_varied_scenes_off_the_drawn_mask(torch_side):
 
 
 @pytest.mark.parametrize("option,value", [("--varied", "2"), ("--small-objects", "-0.1"), ("--qat", "x"),
-                                          ("--p-large", "1.5"), ("--varied", "nan")])
+                                          ("--p-large", "1.5"), ("--varied", "nan"), ("--tiny-frames", "1.01")])
 def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, value, capsys):
-    """Shares (--varied, --small-objects, --qat, --p-large) are fractions: anything else is a one-line usage
+    """Shares (--varied, --small-objects, --tiny-frames, --qat, --p-large) are fractions: anything else is a one-line usage
     error before any training starts."""
     train_nano, _ = torch_side
     from k25ref.options import share_arg
@@ -604,6 +622,32 @@ def test_read_objects_names_what_the_read_out_says(torch_side, monkeypatch):
     blank = np.full_like(drawn, -1.0)
     assert train_nano.read_objects({"objects": objects, "drawn": blank}, probe, pv, grid, objects, blank)[0] == \
         (False, False, False, False)
+
+
+def test_probe_per_object_counts_each_object_once_whatever_its_size(torch_side, monkeypatch):
+    """--probe-per-object: the read-out loss is the mean over the background and each object of the mean over
+    its tokens (an object of one token weighs as much as one of three); by default, the mean over tokens."""
+    import torch
+    import torch.nn.functional as F
+    train_nano, _ = torch_side
+    kind = torch.tensor([0, 0, 0, 0, 4, 4, 4, 9])           # background x4, a large object x3, a small one x1
+    where = torch.tensor([0, 0, 0, 0, 2, 2, 2, 4])
+    on = kind > 0
+    monkeypatch.setattr(train_nano, "token_labels", lambda *a: (kind, where, on))
+    sample = (None, None, None, None, [shapes.Shape("red", "circle", position="center")], None)
+    torch.manual_seed(0)
+    feats = torch.randn(8, 16)
+    for per_object in (False, True):
+        probe = train_nano.Probe(16, per_object)
+        kind_ce = F.cross_entropy(probe.kind(feats), kind, reduction="none")
+        where_ce = F.cross_entropy(probe.position(feats), where, reduction="none")
+        if per_object:
+            groups = [[0, 1, 2, 3], [4, 5, 6], [7]]
+            want = sum(kind_ce[g].mean() for g in groups) / 3 + sum(where_ce[g].mean() for g in groups[1:]) / 2
+        else:
+            want = kind_ce.mean() + where_ce[on].mean()
+        assert torch.allclose(probe.loss(feats, sample), want), per_object
+    assert train_nano.per_group_mean(torch.tensor([3, 0, 3, 7])).tolist() == [0.5, 1.0, 0.5, 1.0]
 
 
 def test_probe_measures_a_tower_on_heldout_objects(torch_side, tmp_path):

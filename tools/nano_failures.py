@@ -118,8 +118,8 @@ def recording_varied(scene):
     ("tiny" when no side is over 56 px, else "other") and every object's radius ("sizes")."""
     size_of, radius_of = shapes.varied_size, shapes.varied_radius
 
-    def note_size(rng, large, video=False):
-        size = size_of(rng, large, video)
+    def note_size(rng, large, video=False, p_tiny=shapes.P_TINY_FRAME):
+        size = size_of(rng, large, video, p_tiny)
         scene["frame"] = "tiny" if max(size) <= 56 else "other"
         return size
 

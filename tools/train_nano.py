@@ -6,6 +6,7 @@
     python tools/train_nano.py --vision-only ...                      # the tower alone, on the read-out loss
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
+    python tools/train_nano.py --vision-only --tiny-frames 0.8 --small-objects 0.5 --probe-per-object ...  # small shapes
     python tools/train_nano.py --plot docs/figures/nano_tower_ab_loss.png --side-by-side --log A.jsonl,B.jsonl  # towers
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
@@ -263,9 +264,11 @@ class Balancer:
 class Data:
     """Token streams and fresh synthetic media, all from one seeded generator."""
 
-    def __init__(self, tok, seed, window=128, p_large=0.25, varied=0.0, p_small=shapes.P_SMALL_OBJECT):
+    def __init__(self, tok, seed, window=128, p_large=0.25, varied=0.0, p_small=shapes.P_SMALL_OBJECT,
+                 p_tiny=shapes.P_TINY_FRAME):
         self.tok, self.window, self.rng = tok, window, np.random.default_rng(seed)
-        self.p_large, self.large, self.varied, self.p_small = p_large, False, varied, p_small
+        self.p_large, self.large, self.varied = p_large, False, varied
+        self.p_small, self.p_tiny = p_small, p_tiny
         with open(os.path.join(DATA, "train.txt"), encoding="utf-8") as f:
             self.train = np.array(tok.encode(f.read()), np.int64)
         self.pad = tok.media_pad_id
@@ -296,7 +299,7 @@ class Data:
         drawn = None
         if self.rng.random() < self.varied:
             masks = []
-            image, text, objects = shapes.varied_image(self.rng, self.large, masks, self.p_small)
+            image, text, objects = shapes.varied_image(self.rng, self.large, masks, self.p_small, self.p_tiny)
             drawn = media.preprocess_image(masks[0])[0]
         else:
             image, text, objects = shapes.random_image(self.rng, shapes.random_size(self.rng, self.large))
@@ -308,7 +311,7 @@ class Data:
         drawn = None
         if self.rng.random() < self.varied:
             masks = []
-            frames, fps, text, objects = shapes.varied_video(self.rng, self.large, masks, self.p_small)
+            frames, fps, text, objects = shapes.varied_video(self.rng, self.large, masks, self.p_small, self.p_tiny)
             drawn = media.preprocess_video(masks, fps=fps)[0]
         else:
             (frames, text, objects), fps = shapes.random_video(self.rng), shapes.VIDEO_FPS
@@ -393,19 +396,35 @@ class Probe(torch.nn.Module):
     projector, token by token, what captions need -- which object a token shows and where that object is
     (or which way it moves) -- instead of leaving that signal to trickle back through the decoder."""
 
-    def __init__(self, D):
+    def __init__(self, D, per_object=False):
         super().__init__()
         self.kind = torch.nn.Linear(D, 1 + len(shapes.COLOURS) * len(shapes.SHAPES))
         self.position = torch.nn.Linear(D, len(shapes.POSITIONS))
         self.direction = torch.nn.Linear(D, len(shapes.DIRECTIONS))
+        self.per_object = per_object
 
     def loss(self, feats, sample):  # (M, D) features of one media item, its sample -> scalar
+        """Cross-entropy of what every token shows, plus that of where its object is (or goes). By token, the
+        mean over tokens, so an object counts by its area; per_object, the mean over the background and each
+        object of the mean over its tokens, so an object of one token counts as much as one of forty."""
         kind, where, on = token_labels(*sample[2:6])
-        loss = F.cross_entropy(self.kind(feats), kind)
+        head = self.direction if sample[4][0].direction else self.position
+        if not self.per_object:
+            loss = F.cross_entropy(self.kind(feats), kind)
+            return loss + F.cross_entropy(head(feats[on]), where[on]) if on.any() else loss
+        group = kind * max(len(shapes.POSITIONS), len(shapes.DIRECTIONS)) + where        # 0 = background
+        weight = per_group_mean(group)                                                   # (M,)
+        loss = (F.cross_entropy(self.kind(feats), kind, reduction="none") * weight).sum() / weight.sum()
         if on.any():
-            head = self.direction if sample[4][0].direction else self.position
-            loss = loss + F.cross_entropy(head(feats[on]), where[on])
+            where_ce = F.cross_entropy(head(feats[on]), where[on], reduction="none")
+            loss = loss + (where_ce * weight[on]).sum() / weight[on].sum()
         return loss
+
+
+def per_group_mean(group):  # (M,) group ids -> (M,) weights 1 / (tokens in the token's group)
+    """Weights that make a weighted sum the sum over groups of each group's mean."""
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].float()
 
 
 @torch.no_grad()
@@ -666,9 +685,10 @@ def train(args):
     if args.grow_from:             # a smaller tower, grown into --tower with the same function
         grow_vision(model, load_oracle(args.grow_from), seed=args.seed)
     model.train()
-    data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects)
+    data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects,
+                p_tiny=args.tiny_frames)
     balancer = Balancer(model)
-    probe = Probe(hub["text_config"]["hidden_size"]) if args.probe > 0 or args.vision_only else None
+    probe = Probe(hub["text_config"]["hidden_size"], args.probe_per_object) if args.probe > 0 or args.vision_only else None
     if probe is not None and args.probe_file and os.path.exists(args.probe_file):
         probe.load_state_dict(torch.load(args.probe_file))
     trained = [model.model.vision_tower, model.model.mm_projector] if args.vision_only else [model]
@@ -836,8 +856,14 @@ def main(argv=None):
                    "single-chunk clips) instead of random_image/random_video")
     p.add_argument("--small-objects", type=share_arg, default=shapes.P_SMALL_OBJECT, help="in varied scenes, "
                    "the share of objects drawn small (7-12%% of the frame's short side; default %(default)s)")
+    p.add_argument("--tiny-frames", type=share_arg, default=shapes.P_TINY_FRAME, help="in varied scenes, the "
+                   "share of not-large frames drawn tiny (36-56 px a side; default %(default)s); tiny frames "
+                   "cost a fraction of a step, so a high share shows the tower many more small objects a minute")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
+    p.add_argument("--probe-per-object", action="store_true", help="weigh the read-out loss by object, not by "
+                   "token: the background and every object count once, so a small object's few tokens weigh "
+                   "as much as a large one's many (default: every token counts once)")
     p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
                    "on media with the read-out loss (no decoder, no captions)")
     p.add_argument("--vision-from", type=checkpoint_folder, default=None, metavar="FOLDER",
