@@ -506,6 +506,18 @@ def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, val
     assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--probe", "0", "--probe-per-object"], ["--tiny-frames", "0.8"],
+                                  ["--varied", "0", "--small-objects", "0.5"]])
+def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
+    """--probe-per-object with --probe 0 (and no --vision-only) would weigh a loss that is never computed, and
+    --tiny-frames or --small-objects without --varied would shape scenes that are never drawn: a one-line
+    usage error, not a run that silently ignores them."""
+    train_nano, _ = torch_side
+    with pytest.raises(SystemExit) as e:
+        train_nano.main(argv + ["--quick"])
+    assert e.value.code == 2 and argv[-2] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])
 def test_grown_tower_sees_what_the_smaller_one_saw(torch_side, size):
     """--grow-from: a tower grown wider (channels repeated) or deeper (identity blocks) gives the projector's

@@ -854,10 +854,10 @@ def main(argv=None):
     p.add_argument("--varied", type=share_arg, default=0.0, help="share of images and videos drawn by "
                    "k25ref.shapes.varied_image/varied_video (other frames, backgrounds, looks, frame rates, "
                    "single-chunk clips) instead of random_image/random_video")
-    p.add_argument("--small-objects", type=share_arg, default=shapes.P_SMALL_OBJECT, help="in varied scenes, "
-                   "the share of objects drawn small (7-12%% of the frame's short side; default %(default)s)")
-    p.add_argument("--tiny-frames", type=share_arg, default=shapes.P_TINY_FRAME, help="in varied scenes, the "
-                   "share of not-large frames drawn tiny (36-56 px a side; default %(default)s); tiny frames "
+    p.add_argument("--small-objects", type=share_arg, default=None, help="in varied scenes, the share of "
+                   f"objects drawn small (7-12%% of the frame's short side; default {shapes.P_SMALL_OBJECT})")
+    p.add_argument("--tiny-frames", type=share_arg, default=None, help="in varied scenes, the share of not-large "
+                   f"frames drawn tiny (36-56 px a side; default {shapes.P_TINY_FRAME}); tiny frames "
                    "cost a fraction of a step, so a high share shows the tower many more small objects a minute")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
@@ -895,6 +895,12 @@ def main(argv=None):
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return
+    for option, default in (("small_objects", shapes.P_SMALL_OBJECT), ("tiny_frames", shapes.P_TINY_FRAME)):
+        if getattr(args, option) is not None and args.varied == 0:
+            p.error(f"--{option.replace('_', '-')} shapes varied scenes: give --varied above 0")
+        setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
+    if args.probe_per_object and not (args.probe > 0 or args.vision_only):
+        p.error("--probe-per-object weighs the read-out loss: give --probe above 0, or --vision-only")
     if args.grow_from:
         saved = vision_of(args.grow_from)
         if args.vision_from or args.tower is None:
