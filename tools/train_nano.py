@@ -858,7 +858,7 @@ def main(argv=None):
                    f"objects drawn small (7-12%% of the frame's short side; default {shapes.P_SMALL_OBJECT})")
     p.add_argument("--tiny-frames", type=share_arg, default=None, help="in varied scenes, the share of not-large "
                    f"frames drawn tiny (36-56 px a side; default {shapes.P_TINY_FRAME}); tiny frames "
-                   "cost a fraction of a step, so a high share shows the tower many more small objects a minute")
+                   "are cheap, so a high share shows the tower more small objects a minute")
     p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
     p.add_argument("--probe-per-object", action="store_true", help="weigh the read-out loss by object, not by "
