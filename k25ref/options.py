@@ -106,14 +106,26 @@ def positive_int(text):  # argparse type: "3" -> 3, a count of at least 1
     return n
 
 
-def share_arg(text):  # argparse type: "0.3" -> 0.3, a fraction from 0 to 1 (NaN refused)
+def _number(text, ok, what):  # "0.3" -> 0.3 when ok(0.3), else an argparse error saying what it must be
     try:
         x = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is a share: from 0 to 1")
+    if not ok(x):                                            # NaN fails every comparison, so it is refused
+        raise argparse.ArgumentTypeError(f"{text!r} {what}")
     return x
+
+
+def share_arg(text):  # argparse type: "0.3" -> 0.3, a fraction from 0 to 1 (NaN refused)
+    return _number(text, lambda x: 0.0 <= x <= 1.0, "is a share: from 0 to 1")
+
+
+def positive_float(text):  # argparse type: "1e-3" -> 0.001, finite and above 0
+    return _number(text, lambda x: 0.0 < x < math.inf, "must be a finite number above 0")
+
+
+def nonnegative_float(text):  # argparse type: "0.5" -> 0.5, finite and 0 or more
+    return _number(text, lambda x: 0.0 <= x < math.inf, "must be a finite number, 0 or more")
 
 
 def size_arg(text):  # argparse type: "4GiB" -> 4 * 2**30

@@ -506,6 +506,17 @@ def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, val
     assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option,value", [("--minutes", "0"), ("--lr", "-0.001"), ("--lr", "nan"), ("--probe", "-1"),
+                                          ("--decoder-lr", "inf"), ("--threads", "0"), ("--save-every", "0")])
+def test_numeric_options_refuse_values_at_their_edges(torch_side, option, value, capsys):
+    """Minutes, rates, thread counts and the read-out's weight have a sign: 0 minutes, a negative rate or
+    weight, NaN or infinity are one-line usage errors, not a run that does nothing or diverges."""
+    train_nano, _ = torch_side
+    with pytest.raises(SystemExit) as e:
+        train_nano.main([option, value, "--quick"])
+    assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--probe", "0", "--probe-per-object"], ["--tiny-frames", "0.8"],
                                   ["--varied", "0", "--small-objects", "0.5"]])
 def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
@@ -515,7 +526,8 @@ def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     train_nano, _ = torch_side
     with pytest.raises(SystemExit) as e:
         train_nano.main(argv + ["--quick"])
-    assert e.value.code == 2 and argv[-2] in capsys.readouterr().err
+    flag = next(a for a in reversed(argv) if a.startswith("--") and a != "--varied" and a != "--probe")
+    assert e.value.code == 2 and f"error: {flag} " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])

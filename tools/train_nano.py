@@ -58,7 +58,7 @@ from k25ref.checkpoint import f32_to_bf16  # noqa: E402
 from k25ref.config import from_hf  # noqa: E402
 from k25ref.int4 import dequantize, quantize  # noqa: E402
 from k25ref.make_tiny import _hub_config, copy_tokenizer, write_safetensors  # noqa: E402
-from k25ref.options import checkpoint_folder, share_arg  # noqa: E402
+from k25ref.options import checkpoint_folder, nonnegative_float, positive_float, positive_int, share_arg  # noqa: E402
 from k25ref.tokenizer import Tokenizer  # noqa: E402
 from k25ref.weights import LM_HEAD, TEXT, expected_tensors, vision_tensors  # noqa: E402
 
@@ -837,10 +837,10 @@ def plot_side_by_side(log_paths, png, smooth=50):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
-    p.add_argument("--minutes", type=float, default=75.0, help="wall-time budget of the training loop")
+    p.add_argument("--minutes", type=positive_float, default=75.0, help="wall-time budget of the training loop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--decoder-lr", type=float, default=1.0, help="the decoder's (embeddings, layers, "
+    p.add_argument("--lr", type=nonnegative_float, default=2e-3)
+    p.add_argument("--decoder-lr", type=nonnegative_float, default=1.0, help="the decoder's (embeddings, layers, "
                    "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
     p.add_argument("--init", type=checkpoint_folder, default=None, help="start from this released-layout folder instead of random weights")
     p.add_argument("--qat", type=share_arg, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
@@ -859,7 +859,7 @@ def main(argv=None):
     p.add_argument("--tiny-frames", type=share_arg, default=None, help="in varied scenes, the share of not-large "
                    f"frames drawn tiny (36-56 px a side; default {shapes.P_TINY_FRAME}); tiny frames "
                    "are cheap, so a high share shows the tower more small objects a minute")
-    p.add_argument("--probe", type=float, default=1.0, help="weight of the training-only media read-out loss "
+    p.add_argument("--probe", type=nonnegative_float, default=1.0, help="weight of the training-only media read-out loss "
                    "(class Probe; 0 = off)")
     p.add_argument("--probe-per-object", action="store_true", help="weigh the read-out loss by object, not by "
                    "token: the background and every object count once, so a small object's few tokens weigh "
@@ -875,8 +875,8 @@ def main(argv=None):
     p.add_argument("--tower", type=tower, default=None, metavar="WIDTHxBLOCKS",
                    help="the vision tower's size: width (a multiple of 48, one head per 48) x blocks, MLP twice "
                    "the width; default 96x3 (NANO_VISION), or the tower of --init / --vision-from")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save-every", type=float, default=8.0, help="minutes between partial checkpoints")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--save-every", type=positive_float, default=8.0, help="minutes between partial checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
     p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
     p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
