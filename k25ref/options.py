@@ -8,7 +8,7 @@ any work starts -- and a bad value is one usage line (exit 2) that names the opt
                             the way, and no existing file unless --force (the eager FORCE option) was given
 
 and, for the argparse tools behind `k25ref bench`, ArgumentParser (errors in one line, exit 2) with the types
-positive_int, size_arg, names_arg(allowed) and lengths_arg.
+positive_int, nonnegative_int, size_arg, names_arg(allowed) and lengths_arg.
 """
 import argparse
 import math
@@ -96,14 +96,22 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def positive_int(text):  # argparse type: "3" -> 3, a count of at least 1
+def _whole(text, least):  # "3" -> 3 when at least `least`, else an argparse error saying so
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return n
+
+
+def positive_int(text):  # argparse type: "3" -> 3, a count of at least 1
+    return _whole(text, 1)
+
+
+def nonnegative_int(text):  # argparse type: "0" -> 0, a count that may be 0
+    return _whole(text, 0)
 
 
 def _number(text, ok, what):  # "0.3" -> 0.3 when ok(0.3), else an argparse error saying what it must be

@@ -530,6 +530,59 @@ def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     assert e.value.code == 2 and f"error: {flag} " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,named", [
+    (["--freeze-decoder"], "--freeze-decoder"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--vision-only"], "--freeze-decoder"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--decoder-lr", "0.5"], "--decoder-lr"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--text-batch", "4"], "--text-batch"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--qat", "0"], "--qat"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
+    (["--vision-only", "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
+    (["--text-batch", "0", "--chat-text-batch", "0", "--image-batch", "0", "--video-batch", "0"], "--text-batch")])
+def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_side, argv, named, capsys):
+    """--freeze-decoder needs a decoder to keep (--init) and refuses the options that only shape the decoder's
+    training; a run whose batches are all empty (or, training only the tower, whose media batches are) has
+    nothing to learn from. Each is a one-line usage error naming the option, before any work."""
+    train_nano, _ = torch_side
+    with pytest.raises(SystemExit) as e:
+        train_nano.main(argv + ["--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: " in err and named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["--text-batch", "--chat-text-batch", "--image-batch", "--video-batch"])
+def test_batch_sizes_are_whole_numbers_of_zero_or_more(torch_side, option, capsys):
+    train_nano, _ = torch_side
+    from k25ref.options import nonnegative_int
+    assert nonnegative_int("0") == 0 and nonnegative_int("12") == 12
+    for value in ("-1", "2.5"):
+        with pytest.raises(SystemExit) as e:
+            train_nano.main([option, value, "--quick"])
+        assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
+
+
+def test_frozen_decoder_trains_the_tower_on_captions_and_saves_the_decoder_byte_for_byte(torch_side, tmp_path):
+    """--freeze-decoder: the tower and projector learn from captions, and every decoder tensor of the saved
+    folder is the --init folder's, bytes and dtype (INT4 experts are not quantised a second time, which would
+    move them); the log shows caption steps without text."""
+    import json
+    from k25ref.checkpoint import Checkpoint
+    train_nano, _ = torch_side
+    hub = train_nano.nano_hub_config()
+    train_nano.save_released(train_nano.build_model(hub, seed=3), hub, str(tmp_path / "init"))
+    train_nano.main(["--quick", "--freeze-decoder", "--init", str(tmp_path / "init"), "--threads", "1",
+                     "--seed", "3", "--out", str(tmp_path / "frozen")])
+    init, frozen = Checkpoint(str(tmp_path / "init")), Checkpoint(str(tmp_path / "frozen"))
+    assert set(init.names()) == set(frozen.names())
+    vision = set(train_nano.vision_tensors(train_nano.from_hf(hub)))
+    for name in init.names():
+        same = init.info(name).dtype == frozen.info(name).dtype and np.array_equal(init.raw(name), frozen.raw(name))
+        assert same or name in vision, name
+    assert any(not np.array_equal(init.raw(n), frozen.raw(n)) for n in vision)
+    steps = [json.loads(line) for line in open(tmp_path / "frozen" / "train_log.jsonl")]
+    assert steps and all(r["text_loss"] == 0.0 and r["media_loss"] > 0 for r in steps)
+
+
 @pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])
 def test_grown_tower_sees_what_the_smaller_one_saw(torch_side, size):
     """--grow-from: a tower grown wider (channels repeated) or deeper (identity blocks) gives the projector's

@@ -54,11 +54,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from k25ref import media, shapes  # noqa: E402
-from k25ref.checkpoint import f32_to_bf16  # noqa: E402
+from k25ref.checkpoint import Checkpoint, f32_to_bf16  # noqa: E402
 from k25ref.config import from_hf  # noqa: E402
 from k25ref.int4 import dequantize, quantize  # noqa: E402
 from k25ref.make_tiny import _hub_config, copy_tokenizer, write_safetensors  # noqa: E402
-from k25ref.options import checkpoint_folder, nonnegative_float, positive_float, positive_int, share_arg  # noqa: E402
+from k25ref.options import (checkpoint_folder, nonnegative_float, nonnegative_int, positive_float, positive_int,  # noqa: E402
+                            share_arg)
 from k25ref.tokenizer import Tokenizer  # noqa: E402
 from k25ref.weights import LM_HEAD, TEXT, expected_tensors, vision_tensors  # noqa: E402
 
@@ -572,10 +573,22 @@ def released_tensors(model, hub):
     return [(name, *out[name]) for name in expected]
 
 
-def save_released(model, hub, folder):
-    """Write config.json, one shard, the index and the tokenizer into `folder` (replaced atomically-ish)."""
+def kept_decoder(tensors, hub, folder):
+    """A frozen decoder is saved as it was read: every tensor outside the tower and projector is taken byte for
+    byte from `folder` (quantising INT4 experts again would move them: the scale is max|W| / 7.5 of values
+    that reach 8 scales)."""
+    vision, saved = vision_tensors(from_hf(hub)), Checkpoint(folder)
+    return [(name, dtype, arr) if name in vision else (name, saved.info(name).dtype, np.array(saved.raw(name)))
+            for name, dtype, arr in tensors]
+
+
+def save_released(model, hub, folder, decoder_from=None):
+    """Write config.json, one shard, the index and the tokenizer into `folder` (replaced atomically-ish); with
+    `decoder_from`, the decoder's tensors are that folder's, unchanged."""
     os.makedirs(folder, exist_ok=True)
     tensors = released_tensors(model, hub)
+    if decoder_from:
+        tensors = kept_decoder(tensors, hub, decoder_from)
     file = "model-00001-of-00001.safetensors"
     tmp = os.path.join(folder, file + ".tmp")
     write_safetensors(tmp, tensors)
@@ -684,15 +697,18 @@ def train(args):
         take(model, load_oracle(args.vision_from), vision)
     if args.grow_from:             # a smaller tower, grown into --tower with the same function
         grow_vision(model, load_oracle(args.grow_from), seed=args.seed)
+    if args.freeze_decoder:        # captions teach the tower and projector; the decoder stays as --init saved it
+        for m in (model.model.language_model, model.lm_head):
+            m.requires_grad_(False)
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects,
                 p_tiny=args.tiny_frames)
-    balancer = Balancer(model)
+    balancer = None if args.freeze_decoder else Balancer(model)
     probe = Probe(hub["text_config"]["hidden_size"], args.probe_per_object) if args.probe > 0 or args.vision_only else None
     if probe is not None and args.probe_file and os.path.exists(args.probe_file):
         probe.load_state_dict(torch.load(args.probe_file))
     trained = [model.model.vision_tower, model.model.mm_projector] if args.vision_only else [model]
-    params = [p for m in trained for p in m.parameters()] + (list(probe.parameters()) if probe else [])
+    params = [p for m in trained for p in m.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     seeing = {id(p) for m in (model.model.vision_tower, model.model.mm_projector) for p in m.parameters()}
     seeing |= {id(p) for p in probe.parameters()} if probe else set()
     groups = [{"params": [p for p in params if id(p) in seeing], "scale": 1.0},
@@ -704,6 +720,7 @@ def train(args):
     log_path = args.log or os.path.join(args.out, "train_log.jsonl")
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     log = open(log_path, "w")
+    kept = args.init if args.freeze_decoder else None
     t0, last_save, step, qat = time.time(), time.time(), 0, False
     while True:
         elapsed = time.time() - t0
@@ -727,7 +744,8 @@ def train(args):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        balancer.step()
+        if balancer:
+            balancer.step()
         step += 1
         rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4),
@@ -737,7 +755,7 @@ def train(args):
         if step % 10 == 0 or args.quick:
             print(json.dumps(rec), flush=True)
         if not args.quick and time.time() - last_save > args.save_every * 60:
-            save_released(model, hub, args.out)
+            save_released(model, hub, args.out, kept)
             last_save = time.time()
     log.close()
     if probe is not None and args.probe_file:
@@ -745,7 +763,7 @@ def train(args):
     meta = {"seed": args.seed, "steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
             "torch": torch.__version__}
     finish_qat(model)
-    save_released(model, hub, args.out)
+    save_released(model, hub, args.out, kept)
     with open(os.path.splitext(log_path)[0] + ".meta.json", "w") as f:
         json.dump(meta, f, indent=2)
     return model, hub, data, meta
@@ -840,14 +858,15 @@ def main(argv=None):
     p.add_argument("--minutes", type=positive_float, default=75.0, help="wall-time budget of the training loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=nonnegative_float, default=2e-3)
-    p.add_argument("--decoder-lr", type=nonnegative_float, default=1.0, help="the decoder's (embeddings, layers, "
-                   "head) learning rate as a multiple of --lr; the tower, projector and read-out take --lr")
+    p.add_argument("--decoder-lr", type=nonnegative_float, default=None, help="the decoder's (embeddings, layers, "
+                   "head) learning rate as a multiple of --lr (default 1); the tower, projector and read-out take --lr")
     p.add_argument("--init", type=checkpoint_folder, default=None, help="start from this released-layout folder instead of random weights")
-    p.add_argument("--qat", type=share_arg, default=0.25, help="final fraction trained with INT4 fake-quantised experts")
-    p.add_argument("--text-batch", type=int, default=8)
-    p.add_argument("--chat-text-batch", type=int, default=2)
-    p.add_argument("--image-batch", type=int, default=8)
-    p.add_argument("--video-batch", type=int, default=4)
+    p.add_argument("--qat", type=share_arg, default=None, help="final fraction trained with INT4 fake-quantised "
+                   "experts (default 0.25)")
+    p.add_argument("--text-batch", type=nonnegative_int, default=None, help="raw text windows per step (default 8)")
+    p.add_argument("--chat-text-batch", type=nonnegative_int, default=None, help="chat-template text samples per step (default 2)")
+    p.add_argument("--image-batch", type=nonnegative_int, default=8, help="captioned images per step")
+    p.add_argument("--video-batch", type=nonnegative_int, default=4, help="captioned clips per step")
     p.add_argument("--log", default=None, help="JSON-lines loss log (default: OUT/train_log.jsonl); "
                    "with --plot, comma-separated logs of consecutive phases")
     p.add_argument("--p-large", type=share_arg, default=0.25, help="share of caption batches with large images")
@@ -866,6 +885,10 @@ def main(argv=None):
                    "as much as a large one's many (default: every token counts once)")
     p.add_argument("--vision-only", action="store_true", help="train only the tower, projector and read-out, "
                    "on media with the read-out loss (no decoder, no captions)")
+    p.add_argument("--freeze-decoder", action="store_true", help="with --init: train only the tower, projector "
+                   "and read-out, on captions through the decoder of --init, which is saved unchanged (byte for "
+                   "byte), so the text loss is that folder's; no text batches, no INT4 fake quantisation, no "
+                   "router balancing")
     p.add_argument("--vision-from", type=checkpoint_folder, default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
     p.add_argument("--grow-from", type=checkpoint_folder, default=None, metavar="FOLDER", help="start the tower and projector from "
@@ -899,6 +922,20 @@ def main(argv=None):
         if getattr(args, option) is not None and args.varied == 0:
             p.error(f"--{option.replace('_', '-')} shapes varied scenes: give --varied above 0")
         setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
+    defaults = {"decoder_lr": 1.0, "qat": 0.25, "text_batch": 8, "chat_text_batch": 2}
+    if args.freeze_decoder:
+        if not args.init or args.vision_only:
+            p.error("--freeze-decoder keeps the decoder of --init: give --init, and no --vision-only")
+        given = [o for o in defaults if getattr(args, o) is not None]
+        if given:
+            p.error(f"--freeze-decoder trains no decoder and reads no text: drop --{given[0].replace('_', '-')}")
+        defaults = dict.fromkeys(defaults, 0)
+    for option, default in defaults.items():
+        setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
+    media_only = args.vision_only or args.freeze_decoder
+    if args.image_batch + args.video_batch + (0 if media_only else args.text_batch + args.chat_text_batch) == 0:
+        p.error("every batch size is 0: nothing to train on (--image-batch, --video-batch"
+                + (")" if media_only else ", --text-batch, --chat-text-batch)"))
     if args.probe_per_object and not (args.probe > 0 or args.vision_only):
         p.error("--probe-per-object weighs the read-out loss: give --probe above 0, or --vision-only")
     if args.grow_from:
@@ -917,7 +954,9 @@ def main(argv=None):
         args.tower = saved
     args.tower = args.tower or NANO_VISION
     if args.quick:
-        args.text_batch, args.chat_text_batch, args.image_batch, args.video_batch = 2, 1, 2, 1
+        args.image_batch, args.video_batch = 2, 1
+        if not args.freeze_decoder:
+            args.text_batch, args.chat_text_batch = 2, 1
     model, hub, data, meta = train(args)
     if args.check:
         samples = [data.text(), data.chat_image(), data.chat_video()]
