@@ -507,7 +507,8 @@ def test_share_options_refuse_values_outside_zero_to_one(torch_side, option, val
 
 
 @pytest.mark.parametrize("option,value", [("--minutes", "0"), ("--lr", "-0.001"), ("--lr", "nan"), ("--probe", "-1"),
-                                          ("--decoder-lr", "inf"), ("--threads", "0"), ("--save-every", "0")])
+                                          ("--decoder-lr", "inf"), ("--threads", "0"), ("--save-every", "0"),
+                                          ("--seed", "-1"), ("--steps", "0")])
 def test_numeric_options_refuse_values_at_their_edges(torch_side, option, value, capsys):
     """Minutes, rates, thread counts and the read-out's weight have a sign: 0 minutes, a negative rate or
     weight, NaN or infinity are one-line usage errors, not a run that does nothing or diverges."""
@@ -538,11 +539,13 @@ def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     (["--freeze-decoder", "--init", NANO_PATH, "--qat", "0"], "--qat"),
     (["--freeze-decoder", "--init", NANO_PATH, "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
     (["--vision-only", "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
-    (["--text-batch", "0", "--chat-text-batch", "0", "--image-batch", "0", "--video-batch", "0"], "--text-batch")])
+    (["--text-batch", "0", "--chat-text-batch", "0", "--image-batch", "0", "--video-batch", "0"], "--text-batch"),
+    (["--probe-file", "/nonexistent/probe.pt"], "--probe-file"), (["--probe-file", "."], "--probe-file")])
 def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_side, argv, named, capsys):
     """--freeze-decoder needs a decoder to keep (--init) and refuses the options that only shape the decoder's
     training; a run whose batches are all empty (or, training only the tower, whose media batches are) has
-    nothing to learn from. Each is a one-line usage error naming the option, before any work."""
+    nothing to learn from; a read-out file that could not be saved would fail only after the whole run. Each is a
+    one-line usage error naming the option, before any work."""
     train_nano, _ = torch_side
     with pytest.raises(SystemExit) as e:
         train_nano.main(argv + ["--quick"])

@@ -856,7 +856,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "k25ref", "assets", "nano"))
     p.add_argument("--minutes", type=positive_float, default=75.0, help="wall-time budget of the training loop")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--lr", type=nonnegative_float, default=2e-3)
     p.add_argument("--decoder-lr", type=nonnegative_float, default=None, help="the decoder's (embeddings, layers, "
                    "head) learning rate as a multiple of --lr (default 1); the tower, projector and read-out take --lr")
@@ -901,7 +901,7 @@ def main(argv=None):
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--save-every", type=positive_float, default=8.0, help="minutes between partial checkpoints")
     p.add_argument("--quick", action="store_true", help="a few steps on tiny batches (smoke test)")
-    p.add_argument("--steps", type=int, default=4, help="steps in --quick mode")
+    p.add_argument("--steps", type=positive_int, default=4, help="steps in --quick mode")
     p.add_argument("--check", action="store_true", help="reload the saved folder and compare logits")
     p.add_argument("--plot", default=None, metavar="PNG", help="only plot the loss log (--log) to PNG and exit")
     p.add_argument("--side-by-side", action="store_true", help="with --plot: the --log files are runs started "
@@ -918,10 +918,12 @@ def main(argv=None):
     if args.plot:
         plot_log((args.log or os.path.join(args.out, "train_log.jsonl")).split(","), args.plot)
         return
-    for option, default in (("small_objects", shapes.P_SMALL_OBJECT), ("tiny_frames", shapes.P_TINY_FRAME)):
+    for option in ("small_objects", "tiny_frames"):
         if getattr(args, option) is not None and args.varied == 0:
             p.error(f"--{option.replace('_', '-')} shapes varied scenes: give --varied above 0")
-        setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
+    if args.probe_file and (os.path.isdir(args.probe_file)
+                            or not os.path.isdir(os.path.dirname(os.path.abspath(args.probe_file)))):
+        p.error(f"--probe-file {args.probe_file}: not a file in an existing folder (it is saved at the end)")
     defaults = {"decoder_lr": 1.0, "qat": 0.25, "text_batch": 8, "chat_text_batch": 2}
     if args.freeze_decoder:
         if not args.init or args.vision_only:
@@ -930,7 +932,8 @@ def main(argv=None):
         if given:
             p.error(f"--freeze-decoder trains no decoder and reads no text: drop --{given[0].replace('_', '-')}")
         defaults = dict.fromkeys(defaults, 0)
-    for option, default in defaults.items():
+    defaults.update(small_objects=shapes.P_SMALL_OBJECT, tiny_frames=shapes.P_TINY_FRAME)
+    for option, default in defaults.items():           # options left unset take their defaults
         setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
     media_only = args.vision_only or args.freeze_decoder
     if args.image_batch + args.video_batch + (0 if media_only else args.text_batch + args.chat_text_batch) == 0:
