@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from k25ref import shapes
-from k25ref.nano_eval import NANO_PATH, caption_accuracy, caption_image, describe, text_losses, video_prompt
+from k25ref.nano_eval import NANO_PATH, caption, caption_accuracy, text_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -118,17 +118,14 @@ def test_nano_beats_unigram_on_heldout_text(nano):
 
 
 @needs_nano
-@pytest.mark.parametrize("example, truth", [("red_circle.png", "a red circle in the center"),
-                                            ("moving_square.gif", "a yellow square moving right")])
-def test_nano_captions_the_readme_examples_as_the_docs_say(nano, example, truth):
+@pytest.mark.parametrize("kind, example, truth", [("image", "red_circle.png", "a red circle in the center"),
+                                                  ("video", "moving_square.gif", "a yellow square moving right")])
+def test_nano_captions_the_readme_examples_as_the_docs_say(nano, kind, example, truth):
     """docs/nano.md quotes these two captions (README.md the first); a new checkpoint must still give them."""
     with open(os.path.join(ROOT, "docs", "nano.md"), encoding="utf-8") as f:
         assert f"`{truth}`" in " ".join(f.read().split()), "docs/nano.md no longer quotes this caption"
     path = os.path.join(ROOT, "examples", example)
-    if example.endswith(".gif"):
-        got = describe(*nano, *video_prompt(path))
-    else:
-        got = caption_image(*nano, path)
+    got, _ = caption(*nano, kind, path if kind == "image" else (path, None))
     assert got == truth
 
 
@@ -560,6 +557,18 @@ def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_si
         train_nano.main(argv + ["--quick"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "error: " in err and named in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_probe_file_that_is_a_pipe_is_refused(torch_side, tmp_path, capsys):
+    """An existing read-out file is read at the start: a named pipe would block there, so it is a usage error."""
+    train_nano, _ = torch_side
+    pipe = tmp_path / "probe.pt"
+    os.mkfifo(pipe)
+    with pytest.raises(SystemExit) as e:
+        train_nano.main(["--probe-file", str(pipe), "--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--probe-file" in err and "not a regular file" in err
 
 
 @pytest.mark.parametrize("option", ["--text-batch", "--chat-text-batch", "--image-batch", "--video-batch"])

@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from k25ref import media, shapes  # noqa: E402
 from k25ref.checkpoint import Checkpoint, f32_to_bf16  # noqa: E402
 from k25ref.config import from_hf  # noqa: E402
+from k25ref.files import atomic_path, output_problem  # noqa: E402
 from k25ref.int4 import dequantize, quantize  # noqa: E402
 from k25ref.make_tiny import _hub_config, copy_tokenizer, write_safetensors  # noqa: E402
 from k25ref.options import (checkpoint_folder, nonnegative_float, nonnegative_int, positive_float, positive_int,  # noqa: E402
@@ -759,7 +760,8 @@ def train(args):
             last_save = time.time()
     log.close()
     if probe is not None and args.probe_file:
-        torch.save(probe.state_dict(), args.probe_file)
+        with atomic_path(args.probe_file) as tmp:           # an interrupted save leaves the old read-out whole
+            torch.save(probe.state_dict(), tmp)
     meta = {"seed": args.seed, "steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
             "torch": torch.__version__}
     finish_qat(model)
@@ -921,9 +923,12 @@ def main(argv=None):
     for option in ("small_objects", "tiny_frames"):
         if getattr(args, option) is not None and args.varied == 0:
             p.error(f"--{option.replace('_', '-')} shapes varied scenes: give --varied above 0")
-    if args.probe_file and (os.path.isdir(args.probe_file)
-                            or not os.path.isdir(os.path.dirname(os.path.abspath(args.probe_file)))):
-        p.error(f"--probe-file {args.probe_file}: not a file in an existing folder (it is saved at the end)")
+    if args.probe_file:                                     # read at the start if it exists, written at the end
+        problem = output_problem(args.probe_file, (), force=True)
+        if not problem and os.path.lexists(args.probe_file) and not os.path.isfile(args.probe_file):
+            problem = f"{args.probe_file!r} is not a regular file"
+        if problem:
+            p.error(f"--probe-file: {problem}")
     defaults = {"decoder_lr": 1.0, "qat": 0.25, "text_batch": 8, "chat_text_batch": 2}
     if args.freeze_decoder:
         if not args.init or args.vision_only:
