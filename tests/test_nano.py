@@ -524,12 +524,12 @@ def test_numeric_options_refuse_values_at_their_edges(torch_side, option, value,
     assert e.value.code == 2 and f"argument {option}: {value!r}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--probe", "0", "--probe-per-object"], ["--tiny-frames", "0.8"],
-                                  ["--varied", "0", "--small-objects", "0.5"]])
+@pytest.mark.parametrize("argv", [["--probe", "0", "--probe-per-object"], ["--probe", "0", "--probe-file", "p.pt"],
+                                  ["--tiny-frames", "0.8"], ["--varied", "0", "--small-objects", "0.5"]])
 def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
-    """--probe-per-object with --probe 0 (and no --vision-only) would weigh a loss that is never computed, and
-    --tiny-frames or --small-objects without --varied would shape scenes that are never drawn: a one-line
-    usage error, not a run that silently ignores them."""
+    """--probe-per-object or --probe-file with --probe 0 (and no --vision-only) would weigh, load or save a
+    read-out that does not exist, and --tiny-frames or --small-objects without --varied would shape scenes that
+    are never drawn: a one-line usage error, not a run that silently ignores them."""
     train_nano, _ = torch_side
     with pytest.raises(SystemExit) as e:
         train_nano.main(argv + ["--quick"])
@@ -546,7 +546,8 @@ def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     (["--freeze-decoder", "--init", NANO_PATH, "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
     (["--vision-only", "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
     (["--text-batch", "0", "--chat-text-batch", "0", "--image-batch", "0", "--video-batch", "0"], "--text-batch"),
-    (["--probe-file", "/nonexistent/probe.pt"], "--probe-file"), (["--probe-file", "."], "--probe-file")])
+    (["--probe-file", "/nonexistent/probe.pt"], "--probe-file"), (["--probe-file", "."], "--probe-file"),
+    (["--probe-file", ""], "--probe-file")])
 def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_side, argv, named, capsys):
     """--freeze-decoder needs a decoder to keep (--init) and refuses the options that only shape the decoder's
     training; a run whose batches are all empty (or, training only the tower, whose media batches are) has

@@ -759,13 +759,13 @@ def train(args):
             save_released(model, hub, args.out, kept)
             last_save = time.time()
     log.close()
-    if probe is not None and args.probe_file:
-        with atomic_path(args.probe_file) as tmp:           # an interrupted save leaves the old read-out whole
-            torch.save(probe.state_dict(), tmp)
     meta = {"seed": args.seed, "steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
             "torch": torch.__version__}
     finish_qat(model)
-    save_released(model, hub, args.out, kept)
+    save_released(model, hub, args.out, kept)                 # the model first: a failed read-out save cannot cost it
+    if probe is not None and args.probe_file:
+        with atomic_path(args.probe_file) as tmp:           # an interrupted save leaves the old read-out whole
+            torch.save(probe.state_dict(), tmp)
     with open(os.path.splitext(log_path)[0] + ".meta.json", "w") as f:
         json.dump(meta, f, indent=2)
     return model, hub, data, meta
@@ -923,8 +923,8 @@ def main(argv=None):
     for option in ("small_objects", "tiny_frames"):
         if getattr(args, option) is not None and args.varied == 0:
             p.error(f"--{option.replace('_', '-')} shapes varied scenes: give --varied above 0")
-    if args.probe_file:                                     # read at the start if it exists, written at the end
-        problem = output_problem(args.probe_file, (), force=True)
+    if args.probe_file is not None:                         # read at the start if it exists, written at the end
+        problem = output_problem(args.probe_file, (), force=True) if args.probe_file else "an empty path"
         if not problem and os.path.lexists(args.probe_file) and not os.path.isfile(args.probe_file):
             problem = f"{args.probe_file!r} is not a regular file"
         if problem:
@@ -944,8 +944,10 @@ def main(argv=None):
     if args.image_batch + args.video_batch + (0 if media_only else args.text_batch + args.chat_text_batch) == 0:
         p.error("every batch size is 0: nothing to train on (--image-batch, --video-batch"
                 + (")" if media_only else ", --text-batch, --chat-text-batch)"))
-    if args.probe_per_object and not (args.probe > 0 or args.vision_only):
-        p.error("--probe-per-object weighs the read-out loss: give --probe above 0, or --vision-only")
+    if not (args.probe > 0 or args.vision_only):            # then there is no read-out to weigh, load or save
+        for option, what in (("probe_per_object", "weighs the read-out loss"), ("probe_file", "holds the read-out")):
+            if getattr(args, option):
+                p.error(f"--{option.replace('_', '-')} {what}: give --probe above 0, or --vision-only")
     if args.grow_from:
         saved = vision_of(args.grow_from)
         if args.vision_from or args.tower is None:
