@@ -525,11 +525,13 @@ def test_numeric_options_refuse_values_at_their_edges(torch_side, option, value,
 
 
 @pytest.mark.parametrize("argv", [["--probe", "0", "--probe-per-object"], ["--probe", "0", "--probe-file", "p.pt"],
-                                  ["--tiny-frames", "0.8"], ["--varied", "0", "--small-objects", "0.5"]])
+                                  ["--tiny-frames", "0.8"], ["--varied", "0", "--small-objects", "0.5"],
+                                  ["--probe", "0.5", "--vision-only"]])
 def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     """--probe-per-object or --probe-file with --probe 0 (and no --vision-only) would weigh, load or save a
     read-out that does not exist, and --tiny-frames or --small-objects without --varied would shape scenes that
-    are never drawn: a one-line usage error, not a run that silently ignores them."""
+    are never drawn, and --probe beside --vision-only would weigh the only loss against nothing: a one-line
+    usage error, not a run that silently ignores them."""
     train_nano, _ = torch_side
     with pytest.raises(SystemExit) as e:
         train_nano.main(argv + ["--quick"])

@@ -880,8 +880,8 @@ def main(argv=None):
     p.add_argument("--tiny-frames", type=share_arg, default=None, help="in varied scenes, the share of not-large "
                    f"frames drawn tiny (36-56 px a side; default {shapes.P_TINY_FRAME}); tiny frames "
                    "are cheap, so a high share shows the tower more small objects a minute")
-    p.add_argument("--probe", type=nonnegative_float, default=1.0, help="weight of the training-only media read-out loss "
-                   "(class Probe; 0 = off)")
+    p.add_argument("--probe", type=nonnegative_float, help="weight of the training-only media read-out loss "
+                   "beside the captions (class Probe; 0 = off; default 1); --vision-only trains on it alone")
     p.add_argument("--probe-per-object", action="store_true", help="weigh the read-out loss by object, not by "
                    "token: the background and every object count once, so a small object's few tokens weigh "
                    "as much as a large one's many (default: every token counts once)")
@@ -937,7 +937,10 @@ def main(argv=None):
         if given:
             p.error(f"--freeze-decoder trains no decoder and reads no text: drop --{given[0].replace('_', '-')}")
         defaults = dict.fromkeys(defaults, 0)
-    defaults.update(small_objects=shapes.P_SMALL_OBJECT, tiny_frames=shapes.P_TINY_FRAME)
+    if args.vision_only and args.probe is not None:
+        p.error("--vision-only trains on the read-out loss alone, so --probe has nothing to weigh it against: "
+                "drop --probe")
+    defaults.update(small_objects=shapes.P_SMALL_OBJECT, tiny_frames=shapes.P_TINY_FRAME, probe=1.0)
     for option, default in defaults.items():           # options left unset take their defaults
         setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
     media_only = args.vision_only or args.freeze_decoder
