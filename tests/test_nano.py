@@ -549,7 +549,10 @@ def test_options_that_would_be_ignored_are_refused(torch_side, argv, capsys):
     (["--vision-only", "--image-batch", "0", "--video-batch", "0"], "--image-batch"),
     (["--text-batch", "0", "--chat-text-batch", "0", "--image-batch", "0", "--video-batch", "0"], "--text-batch"),
     (["--probe-file", "/nonexistent/probe.pt"], "--probe-file"), (["--probe-file", "."], "--probe-file"),
-    (["--probe-file", ""], "--probe-file")])
+    (["--probe-file", ""], "--probe-file"),
+    (["--freeze-decoder", "--init", NANO_PATH, "--text-teacher", NANO_PATH], "--text-teacher"),
+    (["--vision-only", "--text-teacher", NANO_PATH], "--text-teacher"),
+    (["--text-teacher", NANO_PATH, "--text-batch", "0", "--chat-text-batch", "0"], "--text-teacher")])
 def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_side, argv, named, capsys):
     """--freeze-decoder needs a decoder to keep (--init) and refuses the options that only shape the decoder's
     training; a run whose batches are all empty (or, training only the tower, whose media batches are) has
@@ -605,6 +608,36 @@ def test_frozen_decoder_trains_the_tower_on_captions_and_saves_the_decoder_byte_
     assert any(not np.array_equal(init.raw(n), frozen.raw(n)) for n in vision)
     steps = [json.loads(line) for line in open(tmp_path / "frozen" / "train_log.jsonl")]
     assert steps and all(r["text_loss"] == 0.0 and r["media_loss"] > 0 for r in steps)
+
+
+def test_text_teacher_is_the_kl_to_its_folder_and_trains_from_zero(torch_side, tmp_path):
+    """--text-teacher: a text batch's KL(teacher || model) is the mean over the masked targets of
+    sum_v p_t (log p_t - log p_m), 0 when the model is the teacher, and it carries gradient to the model; a run
+    whose --init is its teacher logs that KL from 0 beside the usual cross entropy, which the KL leaves as is."""
+    import json
+    import torch
+    train_nano, oracle = torch_side
+    from k25ref.tokenizer import Tokenizer
+    hub = train_nano.nano_hub_config()
+    for seed in (3, 4):
+        train_nano.save_released(train_nano.build_model(hub, seed=seed), hub, str(tmp_path / f"s{seed}"))
+    teacher, same, other = (oracle.load_oracle(str(tmp_path / f)) for f in ("s3", "s3", "s4"))
+    data = train_nano.Data(Tokenizer.from_pretrained(str(tmp_path / "s3")), seed=0)
+    samples = data.batch(["text", "chat_text"])
+    pad = data.pad
+    ce, kl = train_nano.batch_loss(same, samples, pad, teacher=teacher)
+    assert abs(kl.item()) < 1e-6 and ce.item() == train_nano.batch_loss(same, samples, pad)[0].item() > 0
+    ce, kl = train_nano.batch_loss(other, samples, pad, teacher=teacher)
+    student, targets, _ = train_nano.masked_logits(other, samples, pad)
+    p_t = torch.softmax(train_nano.masked_logits(teacher, samples, pad)[0], -1).double()
+    by_hand = (p_t * (p_t.log() - torch.log_softmax(student, -1).double())).sum(-1).mean()
+    assert kl.item() > 1e-3 and abs(kl.item() - by_hand.item()) < 1e-5 * by_hand.item() + 1e-7
+    kl.backward()
+    assert other.lm_head.weight.grad.abs().sum() > 0 and teacher.lm_head.weight.grad is None
+    train_nano.main(["--quick", "--qat", "0", "--threads", "1", "--seed", "3", "--init", str(tmp_path / "s3"),
+                     "--text-teacher", str(tmp_path / "s3"), "--out", str(tmp_path / "run")])
+    steps = [json.loads(line) for line in open(tmp_path / "run" / "train_log.jsonl")]
+    assert abs(steps[0]["text_kl"]) < 1e-4 and all(r["text_kl"] >= 0 and r["text_loss"] > 0 for r in steps)
 
 
 @pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])

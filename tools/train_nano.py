@@ -7,6 +7,7 @@
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
     python tools/train_nano.py --vision-only --tiny-frames 0.8 --small-objects 0.5 --probe-per-object ...  # small shapes
+    python tools/train_nano.py --init FOLDER --text-teacher FOLDER ...  # captions for longer, the text held to FOLDER's
     python tools/train_nano.py --plot docs/figures/nano_tower_ab_loss.png --side-by-side --log A.jsonl,B.jsonl  # towers
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
@@ -24,6 +25,8 @@ Data, drawn fresh every step from `--seed`:
   image." / "Describe the video.", assistant = its caption; with --varied, that share of them comes from
   shapes.varied_image / varied_video instead (other frames, backgrounds, looks, 1-10 fps clips of 1-4 chunks). Pixels come from k25ref.media.preprocess_image /
   preprocess_video, the inference pipeline itself. Loss only on the assistant reply and its <|im_end|>.
+  With --text-teacher, the text and chat/text targets are a saved model's next-token distributions (KL
+  divergence) instead of the tokens: the decoder keeps that model's text while it learns captions.
   A varied scene also hands back where its objects are drawn (shapes' `masks`), which the read-out's
   targets are taken from (token_labels), since its backgrounds are not flat.
 Media features are computed by calling the vision tower and the projector directly, one video chunk at a
@@ -466,11 +469,26 @@ def probe_only_loss(model, samples, probe):
     return sum(probe.loss(vision_features(model, s[2], s[3]), s) for s in samples) / len(samples)
 
 
-def batch_loss(model, samples, pad_id, probe=None):
+def batch_loss(model, samples, pad_id, probe=None, teacher=None):
     """Mean next-token cross entropy over the masked targets of a right-padded batch (plus, with a probe,
-    its mean read-out loss over the media items)."""
+    its mean read-out loss over the media items). With a teacher (a text batch under --text-teacher), also
+    the mean KL(teacher || model) of the next-token distributions at those targets:
+        KL = sum_v p_teacher(v) (log p_teacher(v) - log p_model(v))
+    -> cross entropy, read-out loss (or KL)."""
     if not samples:                                 # a phase without this kind of sample
         return torch.zeros(()), 0.0
+    logits, targets, aux = masked_logits(model, samples, pad_id, probe)
+    ce = F.cross_entropy(logits, targets)
+    if teacher is None:
+        return ce, aux
+    with torch.no_grad():
+        taught = masked_logits(teacher, samples, pad_id)[0]
+    return ce, F.kl_div(F.log_softmax(logits, -1), F.log_softmax(taught, -1), log_target=True, reduction="batchmean")
+
+
+def masked_logits(model, samples, pad_id, probe=None):
+    """A right-padded batch -> (K, V) logits at its K masked targets, the (K,) targets, and with a probe the
+    mean read-out loss over its media items (else 0)."""
     T = max(len(s[0]) for s in samples)
     ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), T), dtype=torch.bool)
@@ -494,7 +512,7 @@ def batch_loss(model, samples, pad_id, probe=None):
     hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
     logits = model.lm_head(hidden[:, :-1])                                   # (B, T-1, V)
     targets, m = ids[:, 1:], mask[:, 1:]
-    return F.cross_entropy(logits[m], targets[m]), aux
+    return logits[m], targets[m], aux
 
 
 # ----------------------------------------------------------------------------
@@ -701,6 +719,9 @@ def train(args):
     if args.freeze_decoder:        # captions teach the tower and projector; the decoder stays as --init saved it
         for m in (model.model.language_model, model.lm_head):
             m.requires_grad_(False)
+    teacher = None
+    if args.text_teacher:          # text targets: this folder's next-token distributions, not the tokens
+        teacher = load_oracle(args.text_teacher).eval().requires_grad_(False)
     model.train()
     data = Data(tok, args.seed, p_large=args.p_large, varied=args.varied, p_small=args.small_objects,
                 p_tiny=args.tiny_frames)
@@ -739,9 +760,9 @@ def train(args):
                 probe_loss = probe_only_loss(model, data.batch(media_kinds), probe)
                 probe_loss.backward()
             else:
-                text_loss, _ = batch_loss(model, data.batch(kinds), tok.media_pad_id)
+                text_loss, text_kl = batch_loss(model, data.batch(kinds), tok.media_pad_id, teacher=teacher)
                 media_loss, probe_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id, probe)
-                (text_loss + media_loss + args.probe * probe_loss).backward()
+                ((text_kl if teacher else text_loss) + media_loss + args.probe * probe_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -751,6 +772,8 @@ def train(args):
         rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4),
                "probe_loss": round(float(torch.as_tensor(probe_loss).detach()), 4), "qat": qat}
+        if teacher:
+            rec["text_kl"] = round(text_kl.item(), 4)
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % 10 == 0 or args.quick:
@@ -891,6 +914,10 @@ def main(argv=None):
                    "and read-out, on captions through the decoder of --init, which is saved unchanged (byte for "
                    "byte), so the text loss is that folder's; no text batches, no INT4 fake quantisation, no "
                    "router balancing")
+    p.add_argument("--text-teacher", type=checkpoint_folder, default=None, metavar="FOLDER",
+                   help="text batches learn this folder's next-token distributions (KL divergence) instead of the "
+                   "tokens, so the decoder can train long on captions without over-fitting the training text; "
+                   "usually --init's folder")
     p.add_argument("--vision-from", type=checkpoint_folder, default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
     p.add_argument("--grow-from", type=checkpoint_folder, default=None, metavar="FOLDER", help="start the tower and projector from "
@@ -933,7 +960,7 @@ def main(argv=None):
     if args.freeze_decoder:
         if not args.init or args.vision_only:
             p.error("--freeze-decoder keeps the decoder of --init: give --init, and no --vision-only")
-        given = [o for o in defaults if getattr(args, o) is not None]
+        given = [o for o in list(defaults) + ["text_teacher"] if getattr(args, o) is not None]
         if given:
             p.error(f"--freeze-decoder trains no decoder and reads no text: drop --{given[0].replace('_', '-')}")
         defaults = dict.fromkeys(defaults, 0)
@@ -943,6 +970,9 @@ def main(argv=None):
     defaults.update(small_objects=shapes.P_SMALL_OBJECT, tiny_frames=shapes.P_TINY_FRAME, probe=1.0)
     for option, default in defaults.items():           # options left unset take their defaults
         setattr(args, option, default if getattr(args, option) is None else getattr(args, option))
+    if args.text_teacher and (args.vision_only or args.text_batch + args.chat_text_batch == 0):
+        p.error("--text-teacher teaches text batches: drop it, or give --text-batch or --chat-text-batch above 0 "
+                "and no --vision-only")
     media_only = args.vision_only or args.freeze_decoder
     if args.image_batch + args.video_batch + (0 if media_only else args.text_batch + args.chat_text_batch) == 0:
         p.error("every batch size is 0: nothing to train on (--image-batch, --video-batch"
