@@ -610,6 +610,18 @@ def test_frozen_decoder_trains_the_tower_on_captions_and_saves_the_decoder_byte_
     assert steps and all(r["text_loss"] == 0.0 and r["media_loss"] > 0 for r in steps)
 
 
+@pytest.mark.parametrize("config", ['{"text_config": {"vocab_size": 163840}}', '{"text_config": {}}', "not json"])
+def test_text_teacher_of_another_vocabulary_is_refused(torch_side, tmp_path, config, capsys):
+    """A teacher whose next-token distributions are not over the nano's 4096 ids (another model, or a config
+    that does not say) cannot teach: a one-line usage error before any work, not a shape error at step 1."""
+    train_nano, _ = torch_side
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(SystemExit) as e:
+        train_nano.main(["--text-teacher", str(tmp_path), "--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: --text-teacher: " in err and "4096" in err and "Traceback" not in err
+
+
 def test_text_teacher_is_the_kl_to_its_folder_and_trains_from_zero(torch_side, tmp_path):
     """--text-teacher: a text batch's KL(teacher || model) is the mean over the masked targets of
     sum_v p_t (log p_t - log p_m), 0 when the model is the teacher, and it carries gradient to the model; a run

@@ -111,6 +111,15 @@ def vision_of(folder):
     return {k: saved[k] for k in NANO_VISION}
 
 
+def vocabulary_of(folder):
+    """A saved folder's text vocabulary size, or None when its config.json does not say."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return json.load(f)["text_config"]["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # ----------------------------------------------------------------------------
 # the torch model
 
@@ -973,6 +982,9 @@ def main(argv=None):
     if args.text_teacher and (args.vision_only or args.text_batch + args.chat_text_batch == 0):
         p.error("--text-teacher teaches text batches: drop it, or give --text-batch or --chat-text-batch above 0 "
                 "and no --vision-only")
+    if args.text_teacher and vocabulary_of(args.text_teacher) != nano_hub_config()["text_config"]["vocab_size"]:
+        p.error(f"--text-teacher: {args.text_teacher} is not a nano (its vocabulary is not the nano's 4096 ids), "
+                "so its next-token distributions cannot teach this model's")
     media_only = args.vision_only or args.freeze_decoder
     if args.image_batch + args.video_batch + (0 if media_only else args.text_batch + args.chat_text_batch) == 0:
         p.error("every batch size is 0: nothing to train on (--image-batch, --video-batch"
