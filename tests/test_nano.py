@@ -562,7 +562,8 @@ def test_frozen_decoder_and_empty_batches_are_refused_where_meaningless(torch_si
     with pytest.raises(SystemExit) as e:
         train_nano.main(argv + ["--quick"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "error: " in err and named in err and "Traceback" not in err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "error: " in err.strip().splitlines()[-1] and named in err.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
@@ -622,10 +623,11 @@ def test_text_teacher_of_another_vocabulary_is_refused(torch_side, tmp_path, con
     assert e.value.code == 2 and "error: --text-teacher: " in err and "4096" in err and "Traceback" not in err
 
 
-def test_text_teacher_is_the_kl_to_its_folder_and_trains_from_zero(torch_side, tmp_path):
+def test_text_teacher_is_the_kl_to_its_folder_and_what_the_text_trains_on(torch_side, tmp_path, monkeypatch):
     """--text-teacher: a text batch's KL(teacher || model) is the mean over the masked targets of
-    sum_v p_t (log p_t - log p_m), 0 when the model is the teacher, and it carries gradient to the model; a run
-    whose --init is its teacher logs that KL from 0 beside the usual cross entropy, which the KL leaves as is."""
+    sum_v p_t (log p_t - log p_m), 0 when the model is the teacher, and it carries gradient to the model; in a
+    run, the text batches' gradient comes from that KL and none from their cross entropy, which is still logged
+    (text_loss) beside it (text_kl, from 0 when --init is the teacher)."""
     import json
     import torch
     train_nano, oracle = torch_side
@@ -646,10 +648,22 @@ def test_text_teacher_is_the_kl_to_its_folder_and_trains_from_zero(torch_side, t
     assert kl.item() > 1e-3 and abs(kl.item() - by_hand.item()) < 1e-5 * by_hand.item() + 1e-7
     kl.backward()
     assert other.lm_head.weight.grad.abs().sum() > 0 and teacher.lm_head.weight.grad is None
+    taught = []                                   # (cross entropy, KL) of each text batch, their gradients kept
+    def spy(*args, **kwargs):
+        ce, second = real(*args, **kwargs)
+        if kwargs.get("teacher") is not None:
+            ce = ce.detach().requires_grad_()        # a leaf: .grad is set if the step's loss includes it
+            second.retain_grad()
+            taught.append((ce, second))
+        return ce, second
+    real = train_nano.batch_loss
+    monkeypatch.setattr(train_nano, "batch_loss", spy)
     train_nano.main(["--quick", "--qat", "0", "--threads", "1", "--seed", "3", "--init", str(tmp_path / "s3"),
                      "--text-teacher", str(tmp_path / "s3"), "--out", str(tmp_path / "run")])
+    assert len(taught) == 4 and all(ce.grad is None and kl.grad is not None for ce, kl in taught)
     steps = [json.loads(line) for line in open(tmp_path / "run" / "train_log.jsonl")]
     assert abs(steps[0]["text_kl"]) < 1e-4 and all(r["text_kl"] >= 0 and r["text_loss"] > 0 for r in steps)
+    assert [r["text_loss"] for r in steps] == [round(ce.item(), 4) for ce, _ in taught]
 
 
 @pytest.mark.parametrize("size", ["192x3", "96x4", "288x4"])

@@ -7,7 +7,7 @@
     python tools/train_nano.py --vision-from FOLDER ...               # ... then put that tower into a run
     python tools/train_nano.py --vision-only --tower 192x4 ...        # a larger tower (width x blocks)
     python tools/train_nano.py --vision-only --tiny-frames 0.8 --small-objects 0.5 --probe-per-object ...  # small shapes
-    python tools/train_nano.py --init FOLDER --text-teacher FOLDER ...  # captions for longer, the text held to FOLDER's
+    python tools/train_nano.py --init FOLDER --text-teacher RELEASE ...  # captions for longer, the text held to RELEASE's
     python tools/train_nano.py --plot docs/figures/nano_tower_ab_loss.png --side-by-side --log A.jsonl,B.jsonl  # towers
     python tools/train_nano.py --plot docs/figures/nano_loss.png --log a.jsonl,b.jsonl   # the loss figure
     python tools/train_nano.py --plot docs/figures/nano_finetune_loss.png --log c.jsonl  # phase 3's (varied scenes)
@@ -485,7 +485,9 @@ def batch_loss(model, samples, pad_id, probe=None, teacher=None):
         KL = sum_v p_teacher(v) (log p_teacher(v) - log p_model(v))
     -> cross entropy, read-out loss (or KL)."""
     if not samples:                                 # a phase without this kind of sample
-        return torch.zeros(()), 0.0
+        return torch.zeros(()), torch.zeros(())
+    if probe is not None and teacher is not None:   # the second value is one or the other
+        raise ValueError("batch_loss: a probe (media batches) or a teacher (text batches), not both")
     logits, targets, aux = masked_logits(model, samples, pad_id, probe)
     ce = F.cross_entropy(logits, targets)
     if teacher is None:
@@ -771,7 +773,7 @@ def train(args):
             else:
                 text_loss, text_kl = batch_loss(model, data.batch(kinds), tok.media_pad_id, teacher=teacher)
                 media_loss, probe_loss = batch_loss(model, data.batch(media_kinds), tok.media_pad_id, probe)
-                ((text_kl if teacher else text_loss) + media_loss + args.probe * probe_loss).backward()
+                ((text_loss if teacher is None else text_kl) + media_loss + args.probe * probe_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -781,7 +783,7 @@ def train(args):
         rec = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                "text_loss": round(text_loss.item(), 4), "media_loss": round(media_loss.item(), 4),
                "probe_loss": round(float(torch.as_tensor(probe_loss).detach()), 4), "qat": qat}
-        if teacher:
+        if teacher is not None:
             rec["text_kl"] = round(text_kl.item(), 4)
         log.write(json.dumps(rec) + "\n")
         log.flush()
@@ -926,7 +928,7 @@ def main(argv=None):
     p.add_argument("--text-teacher", type=checkpoint_folder, default=None, metavar="FOLDER",
                    help="text batches learn this folder's next-token distributions (KL divergence) instead of the "
                    "tokens, so the decoder can train long on captions without over-fitting the training text; "
-                   "usually --init's folder")
+                   "the model whose text is to be kept (e.g. the last release), which need not be --init")
     p.add_argument("--vision-from", type=checkpoint_folder, default=None, metavar="FOLDER",
                    help="take the vision tower and projector from this folder (a --vision-only run)")
     p.add_argument("--grow-from", type=checkpoint_folder, default=None, metavar="FOLDER", help="start the tower and projector from "
